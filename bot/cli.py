@@ -1,0 +1,131 @@
+"""The ``exchange-tls`` command line (product.md section 5)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+EXIT_USAGE = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with the product's 'unknown' code on usage errors."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="exchange-tls",
+                     description="Find and fix the Exchange hybrid SMTP certificate fault "
+                                 "(KB 2888788) from the command line or Slack.")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log progress to stderr")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    check = commands.add_parser("check", help="check configured servers (or the built-in lab)")
+    check.add_argument("--config", help="configuration file (else $EXCHANGE_TLS_CONFIG)")
+    check.add_argument("--server", action="append", default=[], metavar="NAME",
+                       help="check only this configured server (repeatable)")
+    check.add_argument("--lab", action="store_true",
+                       help="start the simulated Exchange lab in-process and check it")
+    check.add_argument("--lab-state", metavar="FILE", help="lab state file (default: the KB fault)")
+    check.add_argument("--format", choices=("text", "json"), default="text")
+    check.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+
+    analyze = commands.add_parser("analyze", help="analyse Export-Clixml files offline")
+    analyze.add_argument("files", nargs="+", metavar="FILE")
+    analyze.add_argument("--config", help="configuration file, for trust settings (optional)")
+    analyze.add_argument("--server", metavar="NAME", help="which server's certificates to analyse")
+    analyze.add_argument("--format", choices=("text", "json"), default="text")
+    analyze.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+
+    lab = commands.add_parser("lab", help="the simulated Exchange organisation")
+    lab_commands = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
+    serve = lab_commands.add_parser("serve", help="serve the lab over WinRM/PSRP")
+    serve.add_argument("--state", metavar="FILE", help="state file (default: the KB fault)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=5985)
+    serve.add_argument("--auth", choices=("basic", "ntlm", "negotiate"), default="ntlm")
+    serve.add_argument("--https", action="store_true", help="serve https with a generated certificate")
+    return parser
+
+
+def _use_color(choice: str, stream: TextIO) -> bool:
+    if choice == "always":
+        return True
+    if choice == "never":
+        return False
+    return stream.isatty()
+
+
+def _print_report(report: object, fmt: str, color: bool, out: TextIO) -> None:
+    from bot.analysis.json_report import report_to_json
+    from bot.render.text import render_report_text
+
+    if fmt == "json":
+        json.dump(report_to_json(report), out, indent=2)  # type: ignore[arg-type]
+        out.write("\n")
+    else:
+        out.write(render_report_text(report, color=color))  # type: ignore[arg-type]
+
+
+def _run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from bot.analysis.verdict import exit_code
+    from bot.runner import CheckRunError, run_check_command
+
+    try:
+        report = run_check_command(config_path=args.config, server_names=args.server,
+                                   lab=args.lab, lab_state=args.lab_state,
+                                   progress_stream=err if err.isatty() else None)
+    except CheckRunError as error:
+        err.write(f"exchange-tls: {error}\n")
+        return EXIT_USAGE
+    _print_report(report, args.format, _use_color(args.color, out), out)
+    return exit_code(report.verdict)
+
+
+def _run_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from bot.analysis.verdict import exit_code
+    from bot.runner import CheckRunError, run_analyze_command
+
+    try:
+        report = run_analyze_command([Path(f) for f in args.files], config_path=args.config,
+                                     server_name=args.server)
+    except CheckRunError as error:
+        err.write(f"exchange-tls: {error}\n")
+        return EXIT_USAGE
+    _print_report(report, args.format, _use_color(args.color, out), out)
+    return exit_code(report.verdict)
+
+
+def _run_lab(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from bot.lab.serve import run_lab_serve
+
+    state = Path(args.state) if args.state else None
+    return run_lab_serve(state, args.host, args.port, args.auth, args.https, out)
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
+         err: TextIO | None = None) -> int:
+    """Entry point of ``exchange-tls``; returns the exit code."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=err,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers = {"check": _run_check, "analyze": _run_analyze, "lab": _run_lab}
+    try:
+        return handlers[args.command](args, out, err)
+    except KeyboardInterrupt:
+        err.write("exchange-tls: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

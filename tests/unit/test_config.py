@@ -1,0 +1,83 @@
+"""Configuration: the documented example loads, and every bad value is named with its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.config import ConfigError, load_settings, parse_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+MINIMAL = """
+[[servers]]
+name = "EX01"
+url = "http://ex01.contoso.com/PowerShell/"
+auth = "ntlm"
+username_env = "EX01_USER"
+password_env = "EX01_PASSWORD"
+"""
+
+
+def test_example_configuration_loads_with_documented_defaults() -> None:
+    settings = load_settings(ROOT / "config" / "example.toml")
+    assert settings.server_names == ("EX01",)
+    assert settings.approval.required == 1
+    assert settings.approval.expires_after_minutes == 30
+    assert settings.schedules[0].timezone == "Europe/Amsterdam"
+    assert settings.storage.url.startswith("sqlite:///")
+
+
+def test_server_lookup_is_case_insensitive_and_unknown_names_give_none() -> None:
+    settings = parse_settings(MINIMAL)
+    assert settings.server("ex01") is not None
+    assert settings.server("ex01.contoso.com") is None
+    assert settings.server("EX02") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (MINIMAL.replace('"ntlm"', '"kerbros"'), "servers[0].auth: must be one of"),
+        (MINIMAL.replace('name = "EX01"', 'name = "ex01; rm -rf /"'), "servers[0].name:"),
+        (MINIMAL.replace("http://ex01", "ftp://ex01"), "servers[0].url:"),
+        (MINIMAL.replace("http://ex01", "http://user:pw@ex01"), "must not contain credentials"),
+        (MINIMAL.replace('username_env = "EX01_USER"', 'username_env = "EX01 USER"'),
+         "servers[0].username_env:"),
+        (MINIMAL.replace('password_env = "EX01_PASSWORD"', ""), "needs username_env and password_env"),
+        (MINIMAL + 'colour = "blue"\n', "servers[0].colour: unknown key"),
+        (MINIMAL + MINIMAL, "servers[1].name: duplicate server"),
+        (MINIMAL + "[approval]\nrequired = 0\n", "approval.required: must be greater than 0"),
+        (MINIMAL + '[approval]\napprovers = ["bob"]\n', "approval.approvers[0]:"),
+        (MINIMAL + "[approval]\nrequired = true\n", "approval.required: expected a number"),
+        (MINIMAL + '[storage]\nurl = "mysql://x"\n', "storage.url:"),
+        (MINIMAL + '[[schedules]]\nchannel = "C1"\ncron = "0 8 * *"\n',
+         "schedules[0].channel: 'C1' is not a Slack channel ID"),
+        (MINIMAL + '[[schedules]]\nchannel = "C0HEALTH"\ncron = "0 8 * *"\n',
+         "schedules[0].cron: '0 8 * *' is not a 5-field cron"),
+        (MINIMAL + '[[schedules]]\nchannel = "C0HEALTH"\ncron = "0 8 * * *"\ntimezone = "Mars/Base"\n',
+         "schedules[0].timezone:"),
+        (MINIMAL + '[[schedules]]\nchannel = "C0HEALTH"\nevery_seconds = 5\nservers = ["EX9"]\n',
+         "schedules[0].servers[0]: 'EX9' is not a configured server"),
+        (MINIMAL + "[bogus]\n", "bogus: unknown section"),
+        ("[[servers]\n", "not valid TOML"),
+    ],
+)
+def test_bad_configuration_names_the_key_and_problem(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_settings(text, source="test.toml")
+    assert expected in str(error.value)
+    assert str(error.value).startswith("test.toml: ")
+
+
+def test_missing_configuration_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        load_settings(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match="EXCHANGE_TLS_CONFIG"):
+        load_settings(None, environ={})
+
+
+def test_basic_over_http_is_flagged() -> None:
+    settings = parse_settings(MINIMAL.replace('"ntlm"', '"basic"'))
+    assert settings.servers[0].uses_basic_over_http
