@@ -11,8 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from bot.analysis.model import FleetReport, ServerAnalysis
-from bot.analysis.report import analyse_server, build_report, unreachable_server
+from bot.analysis.analyse import analyse_server, unreachable_server
 from bot.analysis.trust import TrustStore
+from bot.analysis.verdict import build_report
 from bot.config import PlanScope, ServerSettings
 from bot.exchange.reader import read_snapshot
 from bot.exchange.session import CommandRefused, ExchangeUnavailable, SessionCache

@@ -22,11 +22,12 @@ import requests
 from pypsrp.complex_objects import GenericComplexObject
 from pypsrp.exceptions import AuthenticationError, WinRMError, WinRMTransportError, WSManFaultError
 from pypsrp.host import PSHost, PSHostUserInterface
+from pypsrp.complex_objects import PSInvocationState
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 
 from bot.config import ServerSettings
-from bot.exchange.remote_object import RemoteObject, from_pypsrp
+from bot.exchange.remote_object import RemoteObject, TolerantPypsrpSerializer, from_pypsrp
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,15 @@ class ExchangeUnavailable(Exception):
         super().__init__(f"{server}: {reason}")
         self.server = server
         self.reason = reason
+
+
+class CommandTimedOut(ExchangeUnavailable):
+    """A command did not finish within the operation time-out; it was asked to stop."""
+
+    def __init__(self, server: str, cmdlet: str, seconds: float) -> None:
+        super().__init__(server, f"{cmdlet} did not finish within {seconds:g} s "
+                                 "(operation time-out); it was stopped")
+        self.cmdlet = cmdlet
 
 
 class CommandRefused(Exception):
@@ -144,7 +154,8 @@ def describe_failure(error: BaseException) -> str:
     if isinstance(error, AuthenticationError):
         return f"authentication failed: {error}"
     if isinstance(error, WSManFaultError):
-        return f"WS-Management fault {error.code}: {(error.reason or '').strip()}"
+        code = f"0x{error.code:08X}" if isinstance(error.code, int) else str(error.code)
+        return f"WS-Management fault {code}: {(error.reason or '').strip()}"
     if isinstance(error, WinRMTransportError):
         if error.code == 401:
             return "authentication refused by the server (HTTP 401)"
@@ -165,6 +176,17 @@ def describe_failure(error: BaseException) -> str:
     if isinstance(error, WinRMError):
         return f"remote PowerShell error: {error}"
     return f"{type(error).__name__}: {error}"
+
+
+def install_tolerant_serializer(pool: RunspacePool) -> None:
+    """Let the pool read real Get-SendConnector / Get-HybridConfiguration output.
+
+    pypsrp 0.9 loses such objects to a ``KeyError`` (see :class:`TolerantPypsrpSerializer`);
+    the pool and its fragmenter share one serializer, so both are replaced before ``open``.
+    """
+    serializer = TolerantPypsrpSerializer()
+    pool._serializer = serializer
+    pool._fragmenter.serializer = serializer
 
 
 def _wsman_for(settings: ServerSettings, credentials: Credentials) -> WSMan:
@@ -224,6 +246,7 @@ class ExchangeSession:
         wsman = _wsman_for(self.settings, self._credentials)
         host = PSHost(None, None, False, "exchange-tls", None, self._ui, "1.0")
         pool = RunspacePool(wsman, configuration_name=CONFIGURATION_NAME, host=host)
+        install_tolerant_serializer(pool)
         try:
             pool.open()
         except Exception as error:
@@ -254,6 +277,8 @@ class ExchangeSession:
         reused = self._pool is not None
         try:
             return self._run_once(cmdlet, parameters, select)
+        except CommandTimedOut:
+            raise
         except ExchangeUnavailable:
             if not (reused and read_only):
                 raise
@@ -277,7 +302,10 @@ class ExchangeSession:
             ps.add_cmdlet("Select-Object").add_parameter("Property", list(select))
         prompts_before = len(self._ui.prompts)
         try:
-            output = ps.invoke()
+            output = self._invoke_with_deadline(ps, cmdlet)
+        except CommandTimedOut:
+            self.close()
+            raise
         except Exception as error:
             self.close()
             raise ExchangeUnavailable(self.settings.name, describe_failure(error)) from error
@@ -293,6 +321,22 @@ class ExchangeSession:
             raise CommandRefused(cmdlet, reason)
         return CommandResult(output=tuple(from_pypsrp(item) for item in output), errors=errors,
                              prompts=prompts)
+
+    def _invoke_with_deadline(self, ps: PowerShell, cmdlet: str) -> list[Any]:
+        """``invoke()`` with a deadline: pypsrp alone re-polls a slow command forever."""
+        limit = self.settings.operation_timeout
+        deadline = self._clock() + limit
+        ps.begin_invoke()
+        while ps.state == PSInvocationState.RUNNING:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                try:
+                    ps.stop()
+                except Exception as error:  # the run is abandoned either way
+                    log.debug("stopping %s failed: %s", cmdlet, describe_failure(error))
+                raise CommandTimedOut(self.settings.name, cmdlet, limit)
+            ps.poll_invoke(timeout=max(1, min(int(remaining + 0.999), int(limit))))
+        return list(ps.output)
 
     def has_command(self, name: str) -> bool:
         """Whether the endpoint offers a command (``Get-Command``), cached per pool."""
