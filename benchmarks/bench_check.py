@@ -1,0 +1,200 @@
+"""Benchmark `exchange-tls check` against the lab (issue 3's numbers).
+
+- one server, cold (pool open included) and warm (pool reused);
+- HTTP requests per server per check, cold and warm (a warm check opens no pool);
+- a fleet of N lab servers with L ms injected latency per request, checked with bounded
+  concurrency, against the single-server time under the same latency (goal: at most 3x).
+
+The lab runs in its own process (`exchange-tls lab serve`), as a real Exchange would, so the
+client's CPU is measured alone. Run from the project root:
+
+    python -m benchmarks.bench_check [--servers 50] [--latency-ms 50] [--concurrency 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bot.analysis.trust import TrustStore
+from bot.check import check_fleet
+from bot.config import ServerSettings
+from bot.exchange.reader import read_snapshot
+from bot.exchange.session import Credentials, SessionCache
+from bot.lab.model import ExchangeOrganisation
+from bot.lab.state import load_state
+from bot.runner import trust_store_for
+from bot.config import TrustSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+KB_STATE = ROOT / "bot" / "lab" / "states" / "kb-2888788.yaml"
+PASSWORD = "Bench-Passw0rd!"
+
+
+def fleet_state(servers: int, latency_ms: int) -> str:
+    """The KB state with `servers` copies of EX01 and per-request latency."""
+    text = KB_STATE.read_text(encoding="utf-8")
+    head, rest = text.split("servers:\n", 1)
+    server_block, tail = rest.split("\nhybrid:", 1)
+    blocks = []
+    for index in range(1, servers + 1):
+        name = f"EX{index:02d}"
+        block = server_block.replace("EX01", name).replace("ex01", name.lower())
+        blocks.append(block.rstrip("\n"))
+    users = f"users:\n  - {{domain: CONTOSO, name: bench, password: \"{PASSWORD}\"}}\n"
+    faults = f"faults:\n  latency_ms: {latency_ms}\n"
+    return head + "servers:\n" + "\n".join(blocks) + "\n\nhybrid:" + tail + "\n" + users + faults
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LabProcess:
+    def __init__(self, state_file: Path) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "lab", "serve", "--state", str(state_file),
+             "--port", str(self.port), "--auth", "ntlm"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("lab did not start")
+
+    def url(self, server: str) -> str:
+        return f"http://127.0.0.1:{self.port}/PowerShell/{server}/"
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+class CountingLab:
+    """Counts HTTP requests by wrapping pypsrp's transport (client side, no lab internals)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        from pypsrp.wsman import _TransportHTTP
+
+        original = _TransportHTTP._send_request
+        counter = self
+
+        def counted(transport: object, *args: object, **kwargs: object) -> object:
+            counter.requests += 1
+            return original(transport, *args, **kwargs)
+
+        _TransportHTTP._send_request = counted  # type: ignore[method-assign]
+
+
+def settings_for(lab: LabProcess, names: list[str]) -> tuple[ServerSettings, ...]:
+    return tuple(ServerSettings(name=n, url=lab.url(n), auth="ntlm", operation_timeout=60,
+                                connect_timeout=30) for n in names)
+
+
+def trust_for(state_file: Path) -> TrustStore:
+    now = datetime.now(UTC)
+    organisation = ExchangeOrganisation(load_state(state_file, now=now), clock=lambda: now)
+    return trust_store_for(TrustSettings(), organisation.public_root_certificates())
+
+
+def run(servers: int, latency_ms: int, concurrency: int, repeats: int) -> str:
+    counter = CountingLab()
+    credentials = Credentials("CONTOSO\\bench", PASSWORD)
+    lines = [f"exchange-tls check benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+             f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for latency in (0, latency_ms):
+            state_file = Path(tmp) / f"fleet-{latency}.yaml"
+            state_file.write_text(fleet_state(servers, latency), encoding="utf-8")
+            trust = trust_for(state_file)
+            lab = LabProcess(state_file)
+            try:
+                single = settings_for(lab, ["EX01"])[0]
+                cold_times, warm_times = [], []
+                cold_requests = warm_requests = 0
+                for _ in range(repeats):
+                    cache = SessionCache(credentials=lambda _: credentials)
+                    start_requests = counter.requests
+                    started = time.perf_counter()
+                    with cache.session(single) as session:
+                        read_snapshot(session, "EX01", now=datetime.now(UTC))
+                    cold_times.append(time.perf_counter() - started)
+                    cold_requests = counter.requests - start_requests
+                    start_requests = counter.requests
+                    started = time.perf_counter()
+                    with cache.session(single) as session:
+                        read_snapshot(session, "EX01", now=datetime.now(UTC))
+                        pools = session.pools_opened
+                    warm_times.append(time.perf_counter() - started)
+                    warm_requests = counter.requests - start_requests
+                    cache.close_all()
+                lines.append(f"\n-- latency {latency} ms per request --")
+                lines.append(f"one server, cold check (pool open + read): median "
+                             f"{statistics.median(cold_times) * 1000:.0f} ms over {repeats}; "
+                             f"{cold_requests} HTTP requests")
+                lines.append(f"one server, warm check (pool reused): median "
+                             f"{statistics.median(warm_times) * 1000:.0f} ms; {warm_requests} "
+                             f"HTTP requests; pools opened in the session: {pools}")
+                if latency:
+                    fleet = settings_for(lab, [f"EX{i:02d}" for i in range(1, servers + 1)])
+                    cache = SessionCache(credentials=lambda _: credentials)
+                    start_requests = counter.requests
+                    lab_cpu, client_cpu = lab.cpu_seconds(), time.process_time()
+                    started = time.perf_counter()
+                    report = check_fleet(fleet, cache, trust, concurrency=concurrency)
+                    fleet_time = time.perf_counter() - started
+                    lab_cpu, client_cpu = (lab.cpu_seconds() - lab_cpu,
+                                           time.process_time() - client_cpu)
+                    fleet_requests = counter.requests - start_requests
+                    cache.close_all()
+                    reachable = sum(1 for s in report.servers if s.reachable)
+                    single_cold = statistics.median(cold_times)
+                    ratio = fleet_time / single_cold
+                    lines.append(f"fleet of {servers} servers, concurrency {concurrency}, cold: "
+                                 f"{fleet_time * 1000:.0f} ms ({reachable}/{servers} reachable, "
+                                 f"verdict {report.verdict}); {fleet_requests / servers:.1f} "
+                                 f"HTTP requests per server")
+                    lines.append(f"fleet CPU: client {client_cpu:.2f} s, lab {lab_cpu:.2f} s")
+                    lines.append(f"fleet / single-server (cold) = {ratio:.2f}x (goal: <= 3x): "
+                                 f"{'PASS' if ratio <= 3 else 'FAIL'}")
+            finally:
+                lab.stop()
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--servers", type=int, default=50)
+    parser.add_argument("--latency-ms", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "check.txt"))
+    args = parser.parse_args()
+    text = run(args.servers, args.latency_ms, args.concurrency, args.repeats)
+    print(text, end="")
+    Path(args.output).write_text(text + f"\ncommand: python -m benchmarks.bench_check "
+                                        f"--servers {args.servers} --latency-ms {args.latency_ms} "
+                                        f"--concurrency {args.concurrency}\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,514 @@
+"""A neutral view of the objects Exchange sends, whichever library read them.
+
+Exchange objects reach us two ways: live, as pypsrp 0.9 ``GenericComplexObject``s, and from
+``Export-Clixml`` files, read with psrpcore's ``deserialize_clixml``. Both adapters here turn
+them into :class:`RemoteObject` trees of plain values, so that one parser (:mod:`.parse`)
+serves both. Values are normalised to ``str``, ``int``, ``bool``, ``float``, ``bytes``,
+``datetime``, ``timedelta``, ``None``, ``tuple`` or :class:`RemoteObject`; GUIDs and versions
+become strings; SecureStrings become ``None`` (never read). An enum (or any primitive that
+carries type names or a ToString) becomes a :class:`RemoteObject` whose ``value`` is the number
+and ``to_string`` the name, e.g. Services ``27`` / ``"IMAP, POP, IIS, SMTP"``.
+
+Type names are kept as sent. pypsrp 0.9 gives them without a ``Deserialized.`` prefix,
+psrpcore adds one per deserialization (``Deserialized.Deserialized.`` for files of objects
+that had already crossed a remoting boundary): compare with :func:`type_suffix_matches`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import queue
+import re
+import uuid
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, cast
+
+from psrpcore.types import (
+    PSChar,
+    PSCryptoProvider,
+    PSEnumBase,
+    PSFlagBase,
+    PSObject,
+    PSSecureString,
+    PSVersion,
+    deserialize_clixml,
+)
+from pypsrp.complex_objects import ComplexObject, GenericComplexObject
+from pypsrp.complex_objects import Enum as PypsrpEnum
+from pypsrp.serializer import Serializer as PypsrpSerializer
+
+DESERIALIZED_PREFIX = "Deserialized."
+
+_MAX_DEPTH = 64
+_LIST_TAGS = frozenset({"LST", "IE", "STK", "QUE"})
+
+
+class ClixmlError(ValueError):
+    """A CLIXML text or file that cannot be read; the message names the source."""
+
+
+class _Properties(Mapping[str, object]):
+    """A read-only property mapping with PowerShell's case-insensitive lookup (picklable)."""
+
+    __slots__ = ("_folded", "_items")
+
+    def __init__(self, items: Mapping[str, object]) -> None:
+        self._items = dict(items)
+        self._folded: dict[str, str] = {}
+        for name in self._items:
+            self._folded.setdefault(name.casefold(), name)
+
+    def __getitem__(self, key: str) -> object:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return repr(self._items)
+
+    def actual_name(self, name: str) -> str | None:
+        if name in self._items:
+            return name
+        return self._folded.get(name.casefold())
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    """One object as Exchange described it: type names, properties, ToString.
+
+    ``properties`` merges adapted (``<Props>``) and extended (``<MS>``) properties; where both
+    hold a name, the extended one wins, as in PowerShell. ``value`` is the primitive an enum
+    or extended primitive carries (``None`` for ordinary objects).
+    """
+
+    type_names: tuple[str, ...]
+    properties: Mapping[str, object]
+    to_string: str | None
+    value: object = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.properties, _Properties):
+            object.__setattr__(self, "properties", _Properties(self.properties))
+        if not isinstance(self.type_names, tuple):
+            object.__setattr__(self, "type_names", tuple(self.type_names))
+
+    def _actual_name(self, name: str) -> str | None:
+        properties = self.properties
+        if isinstance(properties, _Properties):
+            return properties.actual_name(name)
+        return name if name in properties else None
+
+    def has(self, name: str) -> bool:
+        """Whether the object has the property (names compare case-insensitively)."""
+        return self._actual_name(name) is not None
+
+    def get(self, name: str, default: object = None) -> object:
+        """A property's value, found case-insensitively as PowerShell does."""
+        actual = self._actual_name(name)
+        return default if actual is None else self.properties[actual]
+
+    @property
+    def type_name(self) -> str | None:
+        """The most specific type name without ``Deserialized.`` prefixes."""
+        return strip_deserialized(self.type_names[0]) if self.type_names else None
+
+
+def strip_deserialized(type_name: str) -> str:
+    """``Deserialized.Deserialized.X`` -> ``X``."""
+    while type_name.startswith(DESERIALIZED_PREFIX):
+        type_name = type_name[len(DESERIALIZED_PREFIX):]
+    return type_name
+
+
+def type_suffix_matches(obj: object, suffix: str) -> bool:
+    """Whether one of ``obj``'s type names is ``suffix`` or ends with ``.suffix``.
+
+    Any number of ``Deserialized.`` prefixes is ignored on both sides; case is ignored.
+    """
+    if not isinstance(obj, RemoteObject):
+        return False
+    wanted = strip_deserialized(suffix).casefold()
+    if not wanted:
+        return False
+    for name in obj.type_names:
+        bare = strip_deserialized(name).casefold()
+        if bare == wanted or bare.endswith("." + wanted):
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared conversion machinery: memoised, cycle-safe, depth-limited.
+# ---------------------------------------------------------------------------------------------
+
+class _Converter:
+    """Walks a foreign object graph once; shared references convert once, cycles are cut."""
+
+    def __init__(self, convert_one: Callable[[_Converter, object], object]) -> None:
+        self._convert_one = convert_one
+        self._done: dict[int, object] = {}
+        self._in_progress: set[int] = set()
+        self._keep_alive: list[object] = []
+        self._depth = 0
+
+    def convert(self, value: object) -> object:
+        if value is None or isinstance(value, bool):
+            return value
+        key = id(value)
+        if key in self._done:
+            return self._done[key]
+        if key in self._in_progress or self._depth >= _MAX_DEPTH:
+            return None
+        self._in_progress.add(key)
+        self._keep_alive.append(value)
+        self._depth += 1
+        try:
+            result = self._convert_one(self, value)
+        finally:
+            self._depth -= 1
+            self._in_progress.discard(key)
+        self._done[key] = result
+        return result
+
+
+def _plain_scalar(value: object) -> tuple[bool, object]:
+    """Builtin scalars (and their subclasses) as plain builtins; ``(False, None)`` otherwise."""
+    if isinstance(value, bool):
+        return True, value
+    if isinstance(value, str):
+        return True, str(value)
+    if isinstance(value, int):
+        return True, int(value)
+    if isinstance(value, float):
+        return True, float(value)
+    if isinstance(value, Decimal):
+        return True, str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return True, bytes(value)
+    if isinstance(value, datetime):
+        return True, datetime.combine(value.date(), value.timetz())
+    if isinstance(value, date):
+        return True, datetime.combine(value, time())
+    if isinstance(value, timedelta):
+        return True, timedelta(days=value.days, seconds=value.seconds,
+                               microseconds=value.microseconds)
+    if isinstance(value, uuid.UUID):
+        return True, str(value)
+    return False, None
+
+
+def _queue_items(value: queue.Queue[Any]) -> list[object]:
+    return list(value.queue)
+
+
+# ---------------------------------------------------------------------------------------------
+# pypsrp 0.9
+# ---------------------------------------------------------------------------------------------
+
+def from_pypsrp(value: object) -> object:
+    """Normalise a value pypsrp 0.9 returned (``GenericComplexObject``, list, str, ...)."""
+    return _Converter(_convert_pypsrp).convert(value)
+
+
+def _convert_pypsrp(converter: _Converter, value: object) -> object:
+    if isinstance(value, GenericComplexObject):
+        return _pypsrp_generic(converter, value)
+    if isinstance(value, PypsrpEnum):
+        number = value.value
+        try:
+            member_name: str | None = str(value)
+        except (KeyError, TypeError):
+            member_name = None
+        types = tuple(str(type_name) for type_name in getattr(value, "_types", ()))
+        return RemoteObject(types, {}, member_name, number if isinstance(number, int) else None)
+    if isinstance(value, ComplexObject):
+        types = tuple(str(type_name) for type_name in getattr(value, "_types", ()) or ())
+        text = getattr(value, "_to_string", None)
+        return RemoteObject(types, {}, text if isinstance(text, str) else None)
+    is_scalar, scalar = _plain_scalar(value)
+    if is_scalar:
+        return scalar
+    if isinstance(value, list | tuple):
+        return tuple(converter.convert(item) for item in value)
+    if isinstance(value, dict):
+        return RemoteObject((), {str(key): converter.convert(item) for key, item in value.items()},
+                            None)
+    if isinstance(value, queue.Queue):
+        return tuple(converter.convert(item) for item in _queue_items(value))
+    return str(value)
+
+
+def _pypsrp_generic(converter: _Converter, value: Any) -> object:
+    types = tuple(str(name) for name in (value.types or ()))
+    to_string = value.to_string if isinstance(value.to_string, str) else None
+    properties: dict[str, object] = {}
+    for source in (value.adapted_properties, value.extended_properties):
+        for name, item in (source or {}).items():
+            properties[str(name)] = converter.convert(item)
+    carried: object = None
+    for entry in value.property_sets or ():
+        if isinstance(entry, str) and entry.lstrip().startswith("<"):
+            container = _pypsrp_container(converter, entry)
+            if container is None:
+                carried = entry
+                continue
+            if isinstance(container, tuple):
+                if not properties:
+                    return container
+                carried = container
+            else:
+                properties.update(container)
+        else:
+            carried = converter.convert(entry)
+    return RemoteObject(types, properties, to_string, carried)
+
+
+def _pypsrp_container(converter: _Converter,
+                      xml_text: str) -> tuple[object, ...] | dict[str, object] | None:
+    """pypsrp 0.9 leaves Exchange's ``MultiValuedProperty`` lists as raw ``<LST>`` XML text.
+
+    Their items are read here with a fresh pypsrp serializer. References to objects or type
+    names defined outside the list cannot be resolved (pypsrp did not keep them): such an item
+    keeps its ToString but loses its type names or becomes ``None``.
+    """
+    try:
+        # pypsrp produced this text with ElementTree.tostring: it holds no DTD.
+        element = ElementTree.fromstring(xml_text)  # noqa: S314
+    except ElementTree.ParseError:
+        return None
+    _strip_namespaces(element)
+    serializer = TolerantPypsrpSerializer()
+    if element.tag in _LIST_TAGS:
+        items = []
+        for child in element:
+            try:
+                items.append(converter.convert(serializer.deserialize(child, clear=False)))
+            except Exception:  # pypsrp raises assorted errors on partial XML
+                items.append(None)
+        return tuple(items)
+    if element.tag == "DCT":
+        entries: dict[str, object] = {}
+        for entry in element.findall("En"):
+            key_element = entry.find("*[@N='Key']")
+            value_element = entry.find("*[@N='Value']")
+            if key_element is None:
+                continue
+            try:
+                key = serializer.deserialize(key_element, clear=False)
+                item = (None if value_element is None
+                        else serializer.deserialize(value_element, clear=False))
+            except Exception:  # as above; the entry is dropped
+                key, item = None, None
+            if key is not None:
+                entries[str(key)] = converter.convert(item)
+        return entries
+    return None
+
+
+class _UnknownReferences(dict[str, Any]):
+    def __missing__(self, key: str) -> None:
+        return None
+
+
+class _UnknownTypeNames(dict[str, Any]):
+    def __missing__(self, key: str) -> list[str]:
+        return []
+
+
+class TolerantPypsrpSerializer(PypsrpSerializer):
+    """pypsrp 0.9's serializer, reading unresolvable ``<Ref>``/``<TNRef>`` as ``None``/no types.
+
+    pypsrp 0.9 does not deserialize the items of Exchange's ``MultiValuedProperty`` lists, so
+    it never registers objects and type names defined inside them; a later ``<Ref>`` or
+    ``<TNRef>`` to one raises ``KeyError`` and loses the whole object. Real
+    ``Get-SendConnector`` (SmartHosts -> SourceIPAddress) and ``Get-HybridConfiguration``
+    output does this. A client installs one instance on a runspace pool before opening it:
+    ``pool._serializer = pool._fragmenter.serializer = TolerantPypsrpSerializer()``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._clear()
+
+    def _clear(self) -> None:
+        super()._clear()
+        self.obj = _UnknownReferences()
+        self.tn = _UnknownTypeNames()
+
+
+def _strip_namespaces(element: ElementTree.Element) -> None:
+    for node in element.iter():
+        if isinstance(node.tag, str) and node.tag.startswith("{"):
+            node.tag = node.tag.split("}", 1)[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# psrpcore
+# ---------------------------------------------------------------------------------------------
+
+def from_psrpcore(value: object) -> object:
+    """Normalise a value psrpcore deserialized (``PSObject``, ``PSList``, ``PSInt``, ...)."""
+    return _Converter(_convert_psrpcore).convert(value)
+
+
+def _convert_psrpcore(converter: _Converter, value: object) -> object:
+    if isinstance(value, PSSecureString):
+        return None
+    if not isinstance(value, PSObject):
+        return _convert_plain(converter, value)
+    meta = value.PSObject
+    type_names = tuple(str(name) for name in (meta.type_names or ()))
+    properties = _psrpcore_properties(converter, value)
+
+    primitive: object
+    if isinstance(value, PSChar):
+        primitive = chr(int(value))
+    elif isinstance(value, PSVersion):
+        primitive = str(value)
+    else:
+        is_scalar, primitive = _plain_scalar(value)
+        if not is_scalar:
+            if isinstance(value, list):
+                return tuple(converter.convert(item) for item in value)
+            if isinstance(value, dict):
+                entries = {str(key): converter.convert(item) for key, item in value.items()}
+                entries.update(properties)
+                return RemoteObject(type_names, entries, _explicit_to_string(meta))
+            if isinstance(value, queue.Queue):
+                return tuple(converter.convert(item) for item in _queue_items(value))
+            return RemoteObject(type_names, properties, _explicit_to_string(meta))
+
+    class_meta = getattr(type(value), "PSObject", None)
+    class_type_names = tuple(getattr(class_meta, "type_names", ()) or ())
+    is_enum = isinstance(value, PSEnumBase | PSFlagBase)
+    if is_enum or properties or type_names != class_type_names:
+        text = meta.to_string
+        return RemoteObject(type_names, properties, text if isinstance(text, str) else None,
+                            primitive)
+    return primitive
+
+
+def _convert_plain(converter: _Converter, value: object) -> object:
+    is_scalar, scalar = _plain_scalar(value)
+    if is_scalar:
+        return scalar
+    if isinstance(value, list | tuple):
+        return tuple(converter.convert(item) for item in value)
+    if isinstance(value, dict):
+        return RemoteObject((), {str(key): converter.convert(item) for key, item in value.items()},
+                            None)
+    if isinstance(value, queue.Queue):
+        return tuple(converter.convert(item) for item in _queue_items(value))
+    return str(value)
+
+
+def _psrpcore_properties(converter: _Converter, value: Any) -> dict[str, object]:
+    meta = value.PSObject
+    properties: dict[str, object] = {}
+    for group in (meta.adapted_properties, meta.extended_properties):
+        for prop in group or ():
+            properties[str(prop.name)] = converter.convert(prop.get_value(value))
+    return properties
+
+
+def _explicit_to_string(meta: Any) -> str | None:
+    text = meta.to_string
+    return text if isinstance(text, str) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIXML text and files
+# ---------------------------------------------------------------------------------------------
+
+_CLIXML_HEADER = "#< CLIXML"
+_XML_DECLARATION = re.compile(r"^<\?xml[^>]*\?>\s*")
+
+
+def read_clixml(text: str, *, source: str) -> list[RemoteObject]:
+    """Read CLIXML text (``Export-Clixml`` output); ``source`` names it in error messages.
+
+    Top-level primitives become :class:`RemoteObject`s with no type names and ``value`` set.
+    """
+    document = _normalised_clixml(text, source)
+    try:
+        values = deserialize_clixml(document, cast("PSCryptoProvider", None))
+    except Exception as error:  # psrpcore raises many kinds (KeyError, ValueError...) on odd CLIXML
+        raise ClixmlError(
+            f"{source}: the CLIXML could not be read ({type(error).__name__}: {error})"
+        ) from None
+    objects: list[RemoteObject] = []
+    for value in values:
+        converted = from_psrpcore(value)
+        if isinstance(converted, RemoteObject):
+            objects.append(converted)
+        else:
+            text_form = None if converted is None else str(converted)
+            objects.append(RemoteObject((), {}, text_form, converted))
+    return objects
+
+
+def _normalised_clixml(text: str, source: str) -> str:
+    if not isinstance(text, str):
+        raise ClixmlError(f"{source}: CLIXML must be text, not {type(text).__name__}")
+    document = text.lstrip("\ufeff \t\r\n")
+    if document.startswith(_CLIXML_HEADER):
+        document = document[len(_CLIXML_HEADER):].lstrip("\r\n \t")
+    document = _XML_DECLARATION.sub("", document, count=1)
+    if not document:
+        raise ClixmlError(f"{source}: the file is empty, expected CLIXML (Export-Clixml output)")
+    if "<!DOCTYPE" in document or "<!ENTITY" in document:
+        raise ClixmlError(f"{source}: XML with a DTD is not CLIXML; refusing to read it")
+    try:
+        # DTDs (hence entity expansion) are refused above.
+        root = ElementTree.fromstring(document)  # noqa: S314
+    except ElementTree.ParseError as error:
+        raise ClixmlError(f"{source}: not well-formed XML ({error})") from None
+    local_name = root.tag.split("}", 1)[-1] if isinstance(root.tag, str) else ""
+    if local_name != "Objs":
+        raise ClixmlError(
+            f"{source}: not a CLIXML file (root element <{local_name}>, expected <Objs> "
+            "as Export-Clixml writes)")
+    if not document.startswith("<Objs"):
+        raise ClixmlError(f"{source}: unexpected CLIXML root element spelling")
+    return document
+
+
+def read_clixml_file(path: str | os.PathLike[str]) -> list[RemoteObject]:
+    """Read an ``Export-Clixml`` file (UTF-8, UTF-8 with BOM, or UTF-16 as Windows writes)."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise ClixmlError(f"{source}: cannot read the file ({error.strerror or error})") from None
+    return read_clixml(_decode(data, source), source=source)
+
+
+def _decode(data: bytes, source: str) -> str:
+    encoding = "utf-8"
+    for bom, name in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                      (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                      (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            encoding = name
+            break
+    else:
+        if len(data) >= 2 and data[0] != 0 and data[1] == 0:
+            encoding = "utf-16-le"
+        elif len(data) >= 2 and data[0] == 0 and data[1] != 0:
+            encoding = "utf-16-be"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise ClixmlError(
+            f"{source}: not text in {encoding.upper()} ({error.reason} at byte {error.start}); "
+            "expected an Export-Clixml file") from None
