@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from bot.analysis.model import FleetReport, ServerAnalysis
 from bot.analysis.analyse import analyse_server, unreachable_server
+from bot.analysis.model import FleetReport, ServerAnalysis
 from bot.analysis.trust import TrustStore
 from bot.analysis.verdict import build_report
 from bot.config import PlanScope, ServerSettings
@@ -28,8 +28,14 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def check_server(settings: ServerSettings, cache: SessionCache, trust: TrustStore, *,
-                 clock: Clock = utc_now, plan_scope: PlanScope = "all") -> ServerAnalysis:
+def check_server(
+    settings: ServerSettings,
+    cache: SessionCache,
+    trust: TrustStore,
+    *,
+    clock: Clock = utc_now,
+    plan_scope: PlanScope = "all",
+) -> ServerAnalysis:
     """Read and analyse one server; an unreachable server becomes a SERVER_UNREACHABLE result."""
     try:
         with cache.session(settings) as session:
@@ -40,14 +46,24 @@ def check_server(settings: ServerSettings, cache: SessionCache, trust: TrustStor
         return unreachable_server(settings.name, None, f"{error.cmdlet}: {error.reason}")
     except Exception as error:
         log.exception("unexpected failure while reading %s", settings.name)
-        return unreachable_server(settings.name, None,
-                                  f"unexpected error while reading the server: {type(error).__name__}")
+        return unreachable_server(
+            settings.name,
+            None,
+            f"unexpected error while reading the server: {type(error).__name__}",
+        )
     return analyse_server(snapshot, trust, clock(), plan_scope=plan_scope)
 
 
-def check_fleet(servers: Sequence[ServerSettings], cache: SessionCache, trust: TrustStore, *,
-                concurrency: int = 8, clock: Clock = utc_now, plan_scope: PlanScope = "all",
-                progress: ProgressCallback | None = None) -> FleetReport:
+def check_fleet(
+    servers: Sequence[ServerSettings],
+    cache: SessionCache,
+    trust: TrustStore,
+    *,
+    concurrency: int = 8,
+    clock: Clock = utc_now,
+    plan_scope: PlanScope = "all",
+    progress: ProgressCallback | None = None,
+) -> FleetReport:
     """Check servers in parallel, at most ``concurrency`` at a time, keeping the given order."""
     if not servers:
         return build_report((), clock())

@@ -23,18 +23,28 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="exchange-tls",
-                     description="Find and fix the Exchange hybrid SMTP certificate fault "
-                                 "(KB 2888788) from the command line or Slack.")
+    parser = _Parser(
+        prog="exchange-tls",
+        description="Find and fix the Exchange hybrid SMTP certificate fault "
+        "(KB 2888788) from the command line or Slack.",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="log progress to stderr")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     check = commands.add_parser("check", help="check configured servers (or the built-in lab)")
     check.add_argument("--config", help="configuration file (else $EXCHANGE_TLS_CONFIG)")
-    check.add_argument("--server", action="append", default=[], metavar="NAME",
-                       help="check only this configured server (repeatable)")
-    check.add_argument("--lab", action="store_true",
-                       help="start the simulated Exchange lab in-process and check it")
+    check.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="check only this configured server (repeatable)",
+    )
+    check.add_argument(
+        "--lab",
+        action="store_true",
+        help="start the simulated Exchange lab in-process and check it",
+    )
     check.add_argument("--lab-state", metavar="FILE", help="lab state file (default: the KB fault)")
     check.add_argument("--format", choices=("text", "json"), default="text")
     check.add_argument("--color", choices=("auto", "always", "never"), default="auto")
@@ -53,7 +63,9 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=5985)
     serve.add_argument("--auth", choices=("basic", "ntlm", "negotiate"), default="ntlm")
-    serve.add_argument("--https", action="store_true", help="serve https with a generated certificate")
+    serve.add_argument(
+        "--https", action="store_true", help="serve https with a generated certificate"
+    )
     return parser
 
 
@@ -81,9 +93,13 @@ def _run_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from bot.runner import CheckRunError, run_check_command
 
     try:
-        report = run_check_command(config_path=args.config, server_names=args.server,
-                                   lab=args.lab, lab_state=args.lab_state,
-                                   progress_stream=err if err.isatty() else None)
+        report = run_check_command(
+            config_path=args.config,
+            server_names=args.server,
+            lab=args.lab,
+            lab_state=args.lab_state,
+            progress_stream=err if err.isatty() else None,
+        )
     except CheckRunError as error:
         err.write(f"exchange-tls: {error}\n")
         return EXIT_USAGE
@@ -96,8 +112,9 @@ def _run_analyze(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from bot.runner import CheckRunError, run_analyze_command
 
     try:
-        report = run_analyze_command([Path(f) for f in args.files], config_path=args.config,
-                                     server_name=args.server)
+        report = run_analyze_command(
+            [Path(f) for f in args.files], config_path=args.config, server_name=args.server
+        )
     except CheckRunError as error:
         err.write(f"exchange-tls: {error}\n")
         return EXIT_USAGE
@@ -112,14 +129,18 @@ def _run_lab(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return run_lab_serve(state, args.host, args.port, args.auth, args.https, out)
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
-         err: TextIO | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
     """Entry point of ``exchange-tls``; returns the exit code."""
     out = out or sys.stdout
     err = err or sys.stderr
     args = _build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=err,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=err,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     handlers = {"check": _run_check, "analyze": _run_analyze, "lab": _run_lab}
     try:
         return handlers[args.command](args, out, err)

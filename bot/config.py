@@ -158,8 +158,10 @@ class _Section:
         value = self.get(key, (str, type(None)), None)
         return cast(str | None, value)
 
-    def str_list(self, key: str, pattern: re.Pattern[str] | None = None, what: str = "") -> tuple[str, ...]:
-        values = self.get(key, list, cast(list[Any], []))
+    def str_list(
+        self, key: str, pattern: re.Pattern[str] | None = None, what: str = ""
+    ) -> tuple[str, ...]:
+        values: list[Any] = self.get(key, list, [])
         result: list[str] = []
         for index, item in enumerate(values):
             if not isinstance(item, str):
@@ -175,8 +177,14 @@ class _Section:
             raise self.error(key, f"must be one of {', '.join(choices)} (got {value!r})")
         return value
 
-    def positive(self, key: str, kind: type[int] | type[float], default: float, *,
-                 maximum: float | None = None) -> Any:
+    def positive(
+        self,
+        key: str,
+        kind: type[int] | type[float],
+        default: float,
+        *,
+        maximum: float | None = None,
+    ) -> Any:
         value = self.get(key, kind, kind(default))
         if value <= 0 or (maximum is not None and value > maximum):
             limit = f" and at most {maximum:g}" if maximum is not None else ""
@@ -186,12 +194,21 @@ class _Section:
     def finish(self) -> None:
         unknown = sorted(set(self._data) - self._used)
         if unknown:
-            raise self.error(unknown[0], "unknown key (check the spelling; see config/example.toml)")
+            raise self.error(
+                unknown[0], "unknown key (check the spelling; see config/example.toml)"
+            )
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             list: "a list", dict: "a table", type(None): "nothing"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+        type(None): "nothing",
+    }
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(names.get(k, k.__name__) for k in kinds if k is not type(None))
 
@@ -219,13 +236,17 @@ def _server(data: Mapping[str, Any], index: int, source: str) -> ServerSettings:
     section = _Section(data, f"servers[{index}]", source)
     name = section.get("name", str, "")
     if not SERVER_NAME_PATTERN.match(name):
-        raise section.error("name", f"{name!r} is not a server name (letters, digits and '-', "
-                                    "at most 63, as Exchange's NetBIOS-style server names)")
+        raise section.error(
+            "name",
+            f"{name!r} is not a server name (letters, digits and '-', "
+            "at most 63, as Exchange's NetBIOS-style server names)",
+        )
     url = section.get("url", str, "")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise section.error("url", f"{url!r} is not an http(s) URL such as "
-                                   "http://ex01.contoso.com/PowerShell/")
+        raise section.error(
+            "url", f"{url!r} is not an http(s) URL such as http://ex01.contoso.com/PowerShell/"
+        )
     if parts.username or parts.password:
         raise section.error("url", "must not contain credentials; use username_env/password_env")
     try:
@@ -257,8 +278,9 @@ def _server(data: Mapping[str, Any], index: int, source: str) -> ServerSettings:
     return settings
 
 
-def _schedule(data: Mapping[str, Any], index: int, source: str,
-              server_names: Sequence[str]) -> ScheduleSettings:
+def _schedule(
+    data: Mapping[str, Any], index: int, source: str, server_names: Sequence[str]
+) -> ScheduleSettings:
     section = _Section(data, f"schedules[{index}]", source)
     channel = section.get("channel", str, "")
     if not SLACK_CHANNEL_PATTERN.match(channel):
@@ -268,27 +290,36 @@ def _schedule(data: Mapping[str, Any], index: int, source: str,
     if (cron is None) == (every is None):
         raise section.error("cron", "give exactly one of cron or every_seconds")
     if cron is not None and len(cron.split()) != 5:
-        raise section.error("cron", f"{cron!r} is not a 5-field cron expression "
-                                    "(minute hour day month weekday)")
+        raise section.error(
+            "cron", f"{cron!r} is not a 5-field cron expression (minute hour day month weekday)"
+        )
     if every is not None and not 1 <= every <= 7 * 86400:
         raise section.error("every_seconds", f"must be between 1 and 604800 (got {every})")
     timezone = section.get("timezone", str, "UTC")
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise section.error("timezone", f"{timezone!r} is not an IANA time zone "
-                                        "such as Europe/Amsterdam") from None
+        raise section.error(
+            "timezone", f"{timezone!r} is not an IANA time zone such as Europe/Amsterdam"
+        ) from None
     mention = section.optional_str("mention")
-    if mention is not None and not (SLACK_GROUP_PATTERN.match(mention)
-                                    or SLACK_USER_PATTERN.match(mention)):
+    if mention is not None and not (
+        SLACK_GROUP_PATTERN.match(mention) or SLACK_USER_PATTERN.match(mention)
+    ):
         raise section.error("mention", f"{mention!r} is not a Slack user-group (S...) or user ID")
     servers = section.str_list("servers")
     known = {n.casefold() for n in server_names}
     for position, server in enumerate(servers):
         if server.casefold() not in known:
             raise section.error(f"servers[{position}]", f"{server!r} is not a configured server")
-    result = ScheduleSettings(channel=channel, cron=cron, every_seconds=every,
-                              timezone=timezone, mention=mention, servers=servers)
+    result = ScheduleSettings(
+        channel=channel,
+        cron=cron,
+        every_seconds=every,
+        timezone=timezone,
+        mention=mention,
+        servers=servers,
+    )
     section.finish()
     return result
 
@@ -302,10 +333,13 @@ def parse_settings(text: str, *, source: str = "<config>") -> Settings:
     known_sections = {"slack", "servers", "check", "trust", "approval", "storage", "schedules"}
     for key in data:
         if key not in known_sections:
-            raise ConfigError(f"{source}: {key}: unknown section "
-                              f"(known: {', '.join(sorted(known_sections))})")
+            raise ConfigError(
+                f"{source}: {key}: unknown section (known: {', '.join(sorted(known_sections))})"
+            )
 
-    servers = tuple(_server(item, i, source) for i, item in enumerate(_tables(data, "servers", source)))
+    servers = tuple(
+        _server(item, i, source) for i, item in enumerate(_tables(data, "servers", source))
+    )
     seen: set[str] = set()
     for index, server in enumerate(servers):
         if server.name.casefold() in seen:
@@ -318,10 +352,12 @@ def parse_settings(text: str, *, source: str = "<config>") -> Settings:
         raise slack_section.error("api_url", f"{api_url!r} is not an http(s) URL")
     slack = SlackSettings(
         api_url=api_url,
-        allowed_channels=slack_section.str_list("allowed_channels", SLACK_CHANNEL_PATTERN,
-                                                "a Slack channel ID (C...)"),
-        allowed_users=slack_section.str_list("allowed_users", SLACK_USER_PATTERN,
-                                             "a Slack user ID (U... or W...)"),
+        allowed_channels=slack_section.str_list(
+            "allowed_channels", SLACK_CHANNEL_PATTERN, "a Slack channel ID (C...)"
+        ),
+        allowed_users=slack_section.str_list(
+            "allowed_users", SLACK_USER_PATTERN, "a Slack user ID (U... or W...)"
+        ),
         workers=slack_section.positive("workers", int, 4, maximum=64),
     )
     slack_section.finish()
@@ -346,14 +382,17 @@ def parse_settings(text: str, *, source: str = "<config>") -> Settings:
     approval_section = _Section(_table(data, "approval", source), "approval", source)
     principal = re.compile(f"{SLACK_USER_PATTERN.pattern}|{SLACK_GROUP_PATTERN.pattern}")
     approval = ApprovalSettings(
-        approvers=approval_section.str_list("approvers", principal,
-                                            "a Slack user ID (U.../W...) or user-group ID (S...)"),
-        admins=approval_section.str_list("admins", principal,
-                                         "a Slack user ID (U.../W...) or user-group ID (S...)"),
+        approvers=approval_section.str_list(
+            "approvers", principal, "a Slack user ID (U.../W...) or user-group ID (S...)"
+        ),
+        admins=approval_section.str_list(
+            "admins", principal, "a Slack user ID (U.../W...) or user-group ID (S...)"
+        ),
         required=approval_section.positive("required", int, 1, maximum=10),
         allow_self_approval=approval_section.get("allow_self_approval", bool, False),
-        expires_after_minutes=approval_section.positive("expires_after_minutes", int, 30,
-                                                        maximum=7 * 24 * 60),
+        expires_after_minutes=approval_section.positive(
+            "expires_after_minutes", int, 30, maximum=7 * 24 * 60
+        ),
     )
     approval_section.finish()
 
@@ -365,14 +404,25 @@ def parse_settings(text: str, *, source: str = "<config>") -> Settings:
     storage_section.finish()
 
     names = [s.name for s in servers]
-    schedules = tuple(_schedule(item, i, source, names)
-                      for i, item in enumerate(_tables(data, "schedules", source)))
-    return Settings(servers=servers, slack=slack, check=check, trust=trust, approval=approval,
-                    storage=storage, schedules=schedules, source=source)
+    schedules = tuple(
+        _schedule(item, i, source, names)
+        for i, item in enumerate(_tables(data, "schedules", source))
+    )
+    return Settings(
+        servers=servers,
+        slack=slack,
+        check=check,
+        trust=trust,
+        approval=approval,
+        storage=storage,
+        schedules=schedules,
+        source=source,
+    )
 
 
-def load_settings(path: str | os.PathLike[str] | None = None,
-                  environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
     """Load the configuration from ``path``, else ``$EXCHANGE_TLS_CONFIG``."""
     env = os.environ if environ is None else environ
     chosen = path if path is not None else env.get(CONFIG_ENV_VAR)

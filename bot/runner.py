@@ -12,8 +12,8 @@ from typing import TextIO
 
 from cryptography import x509
 
-from bot.analysis.model import FleetReport, ServerAnalysis
 from bot.analysis.analyse import analyse_server
+from bot.analysis.model import FleetReport, ServerAnalysis
 from bot.analysis.trust import TrustStore
 from bot.analysis.trust_store import TrustStoreError, load_trust_store
 from bot.analysis.verdict import build_report
@@ -28,8 +28,9 @@ class CheckRunError(Exception):
     """The command cannot run (bad configuration, unknown server, unreadable file)."""
 
 
-def trust_store_for(settings: TrustSettings, extra_public_roots: Sequence[x509.Certificate] = ()
-                    ) -> TrustStore:
+def trust_store_for(
+    settings: TrustSettings, extra_public_roots: Sequence[x509.Certificate] = ()
+) -> TrustStore:
     """Load the configured trust store, adding roots the caller knows are public (the lab's)."""
     try:
         store = load_trust_store(
@@ -42,8 +43,10 @@ def trust_store_for(settings: TrustSettings, extra_public_roots: Sequence[x509.C
         raise CheckRunError(str(error)) from error
     if extra_public_roots:
         store = dataclasses.replace(
-            store, public_roots=store.public_roots + tuple(extra_public_roots),
-            description=f"{store.description}; {len(extra_public_roots)} lab public root(s)")
+            store,
+            public_roots=store.public_roots + tuple(extra_public_roots),
+            description=f"{store.description}; {len(extra_public_roots)} lab public root(s)",
+        )
     return store
 
 
@@ -72,13 +75,22 @@ def running_lab(state_path: str | None) -> Iterator[LabTarget]:
     with LabServer(organisation, auth="ntlm") as lab:
         user = lab.users[0]
         servers = tuple(
-            ServerSettings(name=server.name, url=lab.url_for(server.name), auth="ntlm",
-                           username_env=None, password_env=None, connect_timeout=5,
-                           operation_timeout=20)
-            for server in organisation.servers)
-        yield LabTarget(servers=servers,
-                        credentials=Credentials(f"{user.domain}\\{user.name}", user.password),
-                        public_roots=tuple(organisation.public_root_certificates()))
+            ServerSettings(
+                name=server.name,
+                url=lab.url_for(server.name),
+                auth="ntlm",
+                username_env=None,
+                password_env=None,
+                connect_timeout=5,
+                operation_timeout=20,
+            )
+            for server in organisation.servers
+        )
+        yield LabTarget(
+            servers=servers,
+            credentials=Credentials(f"{user.domain}\\{user.name}", user.password),
+            public_roots=tuple(organisation.public_root_certificates()),
+        )
 
 
 def _select_servers(settings: Settings, names: Sequence[str]) -> tuple[ServerSettings, ...]:
@@ -111,8 +123,14 @@ def _progress_printer(stream: TextIO, total: int) -> ProgressCallback:
     return report
 
 
-def run_check_command(*, config_path: str | None, server_names: Sequence[str], lab: bool,
-                      lab_state: str | None, progress_stream: TextIO | None = None) -> FleetReport:
+def run_check_command(
+    *,
+    config_path: str | None,
+    server_names: Sequence[str],
+    lab: bool,
+    lab_state: str | None,
+    progress_stream: TextIO | None = None,
+) -> FleetReport:
     """Run ``exchange-tls check`` and return the report."""
     if lab_state and not lab:
         raise CheckRunError("--lab-state needs --lab")
@@ -123,14 +141,20 @@ def run_check_command(*, config_path: str | None, server_names: Sequence[str], l
         with running_lab(lab_state) as target:
             servers = target.servers
             if server_names:
-                servers = _select_servers(Settings(servers=target.servers, source="the lab"),
-                                          server_names)
+                servers = _select_servers(
+                    Settings(servers=target.servers, source="the lab"), server_names
+                )
             trust = trust_store_for(settings.trust, target.public_roots)
             cache = SessionCache(credentials=lambda _: target.credentials)
             try:
-                return check_fleet(servers, cache, trust, concurrency=settings.check.concurrency,
-                                   plan_scope=settings.check.plan_scope,
-                                   progress=_progress(progress_stream, len(servers)))
+                return check_fleet(
+                    servers,
+                    cache,
+                    trust,
+                    concurrency=settings.check.concurrency,
+                    plan_scope=settings.check.plan_scope,
+                    progress=_progress(progress_stream, len(servers)),
+                )
             finally:
                 cache.close_all()
     settings = _load(config_path)
@@ -138,9 +162,14 @@ def run_check_command(*, config_path: str | None, server_names: Sequence[str], l
     trust = trust_store_for(settings.trust)
     cache = SessionCache(idle_seconds=settings.check.pool_idle_seconds)
     try:
-        return check_fleet(servers, cache, trust, concurrency=settings.check.concurrency,
-                           plan_scope=settings.check.plan_scope,
-                           progress=_progress(progress_stream, len(servers)))
+        return check_fleet(
+            servers,
+            cache,
+            trust,
+            concurrency=settings.check.concurrency,
+            plan_scope=settings.check.plan_scope,
+            progress=_progress(progress_stream, len(servers)),
+        )
     finally:
         cache.close_all()
 
@@ -158,8 +187,9 @@ def _load(config_path: str | None) -> Settings:
         raise CheckRunError(str(error)) from error
 
 
-def run_analyze_command(files: Sequence[Path], *, config_path: str | None,
-                        server_name: str | None) -> FleetReport:
+def run_analyze_command(
+    files: Sequence[Path], *, config_path: str | None, server_name: str | None
+) -> FleetReport:
     """Run ``exchange-tls analyze FILE...`` on Export-Clixml files."""
     settings = _load(config_path) if config_path else Settings()
     objects: list[RemoteObject] = []
@@ -176,4 +206,3 @@ def run_analyze_command(files: Sequence[Path], *, config_path: str | None,
     trust = trust_store_for(settings.trust)
     analysis = analyse_server(snapshot, trust, now, plan_scope=settings.check.plan_scope)
     return build_report((analysis,), now)
-

@@ -32,8 +32,9 @@ def _thumbprint_of(obj: RemoteObject) -> str | None:
     return str(value).upper() if value else None
 
 
-def _read_certificates(session: ExchangeSession, server: str,
-                       notes: list[str]) -> tuple[ExchangeCertificate, ...]:
+def _read_certificates(
+    session: ExchangeSession, server: str, notes: list[str]
+) -> tuple[ExchangeCertificate, ...]:
     result = session.run("Get-ExchangeCertificate", [("Server", server)])
     notes.extend(f"Get-ExchangeCertificate: {error.message}" for error in result.errors)
     raw = _objects(result)
@@ -41,17 +42,24 @@ def _read_certificates(session: ExchangeSession, server: str,
     selected: dict[str, RemoteObject] = {}
     if without_blob:
         if session.has_command("Select-Object"):
-            chosen = session.run("Get-ExchangeCertificate", [("Server", server)],
-                                 select=SELECTED_CERTIFICATE_PROPERTIES)
+            chosen = session.run(
+                "Get-ExchangeCertificate",
+                [("Server", server)],
+                select=SELECTED_CERTIFICATE_PROPERTIES,
+            )
             for obj in _objects(chosen):
                 thumbprint = _thumbprint_of(obj)
                 if thumbprint:
                     selected[thumbprint] = obj
-            notes.append(f"{len(without_blob)} certificate(s) came without SerializationData; "
-                         "services read through Select-Object")
+            notes.append(
+                f"{len(without_blob)} certificate(s) came without SerializationData; "
+                "services read through Select-Object"
+            )
         else:
-            notes.append(f"{len(without_blob)} certificate(s) came without SerializationData and "
-                         "the endpoint has no Select-Object: their services are unknown")
+            notes.append(
+                f"{len(without_blob)} certificate(s) came without SerializationData and "
+                "the endpoint has no Select-Object: their services are unknown"
+            )
     certificates: list[ExchangeCertificate] = []
     for obj in raw:
         try:
@@ -65,8 +73,12 @@ def _read_certificates(session: ExchangeSession, server: str,
     return tuple(certificates)
 
 
-def _parse_all(objects: Sequence[RemoteObject], parser: Callable[[RemoteObject], T], what: str,
-               notes: list[str]) -> list[T]:
+def _parse_all(
+    objects: Sequence[RemoteObject],
+    parser: Callable[[RemoteObject], T],
+    what: str,
+    notes: list[str],
+) -> list[T]:
     parsed: list[T] = []
     for obj in objects:
         try:
@@ -94,19 +106,26 @@ def read_snapshot(session: ExchangeSession, server_name: str, *, now: datetime) 
     receive = session.run("Get-ReceiveConnector", [("Server", server.name)])
     hybrid = session.run("Get-HybridConfiguration")
     queues = session.run("Get-Queue", [("Server", server.name)])
-    for label, result in (("Get-SendConnector", send), ("Get-ReceiveConnector", receive),
-                          ("Get-HybridConfiguration", hybrid), ("Get-Queue", queues)):
+    for label, result in (
+        ("Get-SendConnector", send),
+        ("Get-ReceiveConnector", receive),
+        ("Get-HybridConfiguration", hybrid),
+        ("Get-Queue", queues),
+    ):
         notes.extend(f"{label}: {error.message}" for error in result.errors)
-    hybrid_configs = _parse_all(_objects(hybrid), parse_hybrid_configuration,
-                                "hybrid configuration", notes)
+    hybrid_configs = _parse_all(
+        _objects(hybrid), parse_hybrid_configuration, "hybrid configuration", notes
+    )
     return ServerSnapshot(
         server=server,
         taken_at=now,
         certificates=certificates,
-        send_connectors=tuple(_parse_all(_objects(send), parse_send_connector,
-                                         "send connector", notes)),
-        receive_connectors=tuple(_parse_all(_objects(receive), parse_receive_connector,
-                                            "receive connector", notes)),
+        send_connectors=tuple(
+            _parse_all(_objects(send), parse_send_connector, "send connector", notes)
+        ),
+        receive_connectors=tuple(
+            _parse_all(_objects(receive), parse_receive_connector, "receive connector", notes)
+        ),
         hybrid=hybrid_configs[0] if hybrid_configs else None,
         queues=tuple(_parse_all(_objects(queues), parse_queue, "queue", notes)),
         notes=tuple(notes),

@@ -19,10 +19,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from pypsrp.complex_objects import GenericComplexObject
+from pypsrp.complex_objects import GenericComplexObject, PSInvocationState
 from pypsrp.exceptions import AuthenticationError, WinRMError, WinRMTransportError, WSManFaultError
 from pypsrp.host import PSHost, PSHostUserInterface
-from pypsrp.complex_objects import PSInvocationState
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 
@@ -48,8 +47,10 @@ class CommandTimedOut(ExchangeUnavailable):
     """A command did not finish within the operation time-out; it was asked to stop."""
 
     def __init__(self, server: str, cmdlet: str, seconds: float) -> None:
-        super().__init__(server, f"{cmdlet} did not finish within {seconds:g} s "
-                                 "(operation time-out); it was stopped")
+        super().__init__(
+            server,
+            f"{cmdlet} did not finish within {seconds:g} s (operation time-out); it was stopped",
+        )
         self.cmdlet = cmdlet
 
 
@@ -68,18 +69,23 @@ class Credentials:
     password: str | None = field(repr=False)
 
 
-def credentials_from_environment(settings: ServerSettings,
-                                 environ: Mapping[str, str] | None = None) -> Credentials:
+def credentials_from_environment(
+    settings: ServerSettings, environ: Mapping[str, str] | None = None
+) -> Credentials:
     """Read a server's credentials from the environment variables its settings name."""
     env = os.environ if environ is None else environ
     username = env.get(settings.username_env) if settings.username_env else None
     password = env.get(settings.password_env) if settings.password_env else None
-    missing = [name for name, value in ((settings.username_env, username),
-                                        (settings.password_env, password))
-               if name and not value]
+    missing = [
+        name
+        for name, value in ((settings.username_env, username), (settings.password_env, password))
+        if name and not value
+    ]
     if missing:
-        raise ExchangeUnavailable(settings.name, "credentials missing: environment variable "
-                                  f"{' and '.join(missing)} not set")
+        raise ExchangeUnavailable(
+            settings.name,
+            f"credentials missing: environment variable {' and '.join(missing)} not set",
+        )
     return Credentials(username=username, password=password)
 
 
@@ -99,7 +105,16 @@ class CommandResult:
     prompts: tuple[str, ...] = ()
 
 
-class RefusingUserInterface(PSHostUserInterface):  # type: ignore[misc]
+def _choice_label(choice: Any) -> str:
+    """A ChoiceDescription's label without its hot-key marker (``&No`` -> ``No``)."""
+    properties: dict[str, Any] = {}
+    for attribute in ("adapted_properties", "extended_properties"):
+        properties.update(getattr(choice, attribute, None) or {})
+    label = next((v for k, v in properties.items() if k.lower() == "label"), choice)
+    return str(label).replace("&", "")
+
+
+class RefusingUserInterface(PSHostUserInterface):
     """A host UI that never lets a prompt hang a run: it answers "No" and remembers the question.
 
     Exchange asks through ShouldContinue (e.g. overwriting the default SMTP certificate); KB
@@ -110,30 +125,33 @@ class RefusingUserInterface(PSHostUserInterface):  # type: ignore[misc]
         super().__init__(raw_ui=None)
         self.prompts: list[str] = []
 
-    def PromptForChoice(self, runspace: Any, pipeline: Any, caption: Any, message: Any,  # noqa: N802
-                        choices: Any, default_choice: Any) -> int:
+    def PromptForChoice(
+        self,
+        runspace: Any,
+        pipeline: Any,
+        caption: Any,
+        message: Any,
+        choices: Any,
+        default_choice: Any,
+    ) -> int:
         self.prompts.append(f"{caption}: {message}".strip(": "))
-        labels = [str(getattr(c, "adapted_properties", {}).get("Label", c)).replace("&", "")
-                  for c in (choices or [])]
+        labels = [_choice_label(choice) for choice in (choices or [])]
         for index, label in enumerate(labels):
             if label.strip().casefold() == "no":
                 return index
         return int(default_choice) if isinstance(default_choice, int) else len(labels) - 1
 
-    def Prompt(self, runspace: Any, pipeline: Any, caption: Any, message: Any,  # noqa: N802
-               descriptions: Any) -> dict[str, Any]:
+    def Prompt(
+        self, runspace: Any, pipeline: Any, caption: Any, message: Any, descriptions: Any
+    ) -> dict[str, Any]:
         self.prompts.append(f"{caption}: {message}".strip(": "))
         return {}
 
-    def ReadLine(self, runspace: Any, pipeline: Any) -> str:  # noqa: N802
+    def ReadLine(self, runspace: Any, pipeline: Any) -> str:
         self.prompts.append("ReadLine")
         return ""
 
-    def PromptForCredential1(self, runspace: Any, pipeline: Any, *args: Any) -> None:  # noqa: N802
-        self.prompts.append("PromptForCredential")
-
-    def WriteProgress(self, runspace: Any, pipeline: Any, source_id: Any,  # noqa: N802
-                      record: Any) -> None:
+    def WriteProgress(self, runspace: Any, pipeline: Any, source_id: Any, record: Any) -> None:
         return None
 
 
@@ -142,11 +160,15 @@ def _error_from_record(record: Any) -> RemoteError:
     exception = getattr(record, "exception", None)
     if isinstance(exception, GenericComplexObject):
         message = exception.adapted_properties.get("Message") or exception.extended_properties.get(
-            "Message")
+            "Message"
+        )
     if not message:
         message = getattr(record, "details_message", None) or str(record)
-    return RemoteError(message=str(message), category=getattr(record, "reason", None),
-                       error_id=getattr(record, "fq_error", None))
+    return RemoteError(
+        message=str(message),
+        category=getattr(record, "reason", None),
+        error_id=getattr(record, "fq_error", None),
+    )
 
 
 def describe_failure(error: BaseException) -> str:
@@ -195,8 +217,11 @@ def _wsman_for(settings: ServerSettings, credentials: Credentials) -> WSMan:
     port = parts.port or (443 if ssl else 80)
     path = parts.path.strip("/") or "PowerShell"
     if settings.uses_basic_over_http:
-        log.warning("server %s: Basic authentication over http sends the password readable by "
-                    "anyone on the network; use https", settings.name)
+        log.warning(
+            "server %s: Basic authentication over http sends the password readable by "
+            "anyone on the network; use https",
+            settings.name,
+        )
     encryption = settings.encryption
     if encryption == "auto" and settings.auth == "basic":
         encryption = "never" if not ssl else "auto"
@@ -212,7 +237,7 @@ def _wsman_for(settings: ServerSettings, credentials: Credentials) -> WSMan:
         auth=settings.auth,
         username=credentials.username,
         password=credentials.password,
-        cert_validation=cert_validation,
+        cert_validation=cert_validation,  # type: ignore[arg-type]  # requests: a CA bundle path
         connection_timeout=max(1, int(settings.connect_timeout)),
         operation_timeout=operation_timeout,
         read_timeout=operation_timeout + 10,
@@ -224,8 +249,12 @@ def _wsman_for(settings: ServerSettings, credentials: Credentials) -> WSMan:
 class ExchangeSession:
     """One runspace pool on one server's ``Microsoft.Exchange`` endpoint. Not thread-safe."""
 
-    def __init__(self, settings: ServerSettings, credentials: Credentials,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        credentials: Credentials,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self._credentials = credentials
         self._clock = clock
@@ -264,11 +293,18 @@ class ExchangeSession:
         try:
             pool.close()
         except Exception as error:  # the server may already have dropped it
-            log.debug("closing the pool on %s failed: %s", self.settings.name,
-                      describe_failure(error))
+            log.debug(
+                "closing the pool on %s failed: %s", self.settings.name, describe_failure(error)
+            )
 
-    def run(self, cmdlet: str, parameters: Sequence[tuple[str, ParameterValue]] = (), *,
-            select: Sequence[str] | None = None, read_only: bool = True) -> CommandResult:
+    def run(
+        self,
+        cmdlet: str,
+        parameters: Sequence[tuple[str, ParameterValue]] = (),
+        *,
+        select: Sequence[str] | None = None,
+        read_only: bool = True,
+    ) -> CommandResult:
         """Run one cmdlet (optionally piped to ``Select-Object -Property``).
 
         A read-only command on a reused pool that the server has meanwhile dropped is run once
@@ -285,8 +321,12 @@ class ExchangeSession:
             log.info("session to %s was stale; reopening", self.settings.name)
             return self._run_once(cmdlet, parameters, select)
 
-    def _run_once(self, cmdlet: str, parameters: Sequence[tuple[str, ParameterValue]],
-                  select: Sequence[str] | None) -> CommandResult:
+    def _run_once(
+        self,
+        cmdlet: str,
+        parameters: Sequence[tuple[str, ParameterValue]],
+        select: Sequence[str] | None,
+    ) -> CommandResult:
         self.open()
         assert self._pool is not None
         ps = PowerShell(self._pool)
@@ -314,13 +354,16 @@ class ExchangeSession:
         prompts = tuple(self._ui.prompts[prompts_before:])
         errors = tuple(_error_from_record(record) for record in ps.streams.error)
         if prompts:
-            raise CommandRefused(cmdlet, "Exchange asked for confirmation, which exchange-tls "
-                                 f"never gives: {prompts[0]}")
+            raise CommandRefused(
+                cmdlet,
+                f"Exchange asked for confirmation, which exchange-tls never gives: {prompts[0]}",
+            )
         if ps.had_errors:
             reason = errors[0].message if errors else "the command failed"
             raise CommandRefused(cmdlet, reason)
-        return CommandResult(output=tuple(from_pypsrp(item) for item in output), errors=errors,
-                             prompts=prompts)
+        return CommandResult(
+            output=tuple(from_pypsrp(item) for item in output), errors=errors, prompts=prompts
+        )
 
     def _invoke_with_deadline(self, ps: PowerShell, cmdlet: str) -> list[Any]:
         """``invoke()`` with a deadline: pypsrp alone re-polls a slow command forever."""
@@ -355,9 +398,12 @@ RemoteObjects = tuple[RemoteObject, ...]
 class SessionCache:
     """One :class:`ExchangeSession` per configured server, reused across checks."""
 
-    def __init__(self, idle_seconds: float = 300.0,
-                 credentials: Callable[[ServerSettings], Credentials] = credentials_from_environment,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        idle_seconds: float = 300.0,
+        credentials: Callable[[ServerSettings], Credentials] = credentials_from_environment,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._idle_seconds = idle_seconds
         self._credentials = credentials
         self._clock = clock
@@ -367,14 +413,16 @@ class SessionCache:
 
     @contextmanager
     def session(self, settings: ServerSettings) -> Iterator[ExchangeSession]:
-        """Borrow the server's session exclusively; reopen it if it idled out or settings changed."""
+        """Borrow the server's session exclusively; reopen it when idle too long or changed."""
         key = settings.name.casefold()
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             session = self._sessions.get(key)
-            if session is not None and (session.settings != settings or
-                                        self._clock() - session.last_used > self._idle_seconds):
+            if session is not None and (
+                session.settings != settings
+                or self._clock() - session.last_used > self._idle_seconds
+            ):
                 session.close()
                 session = None
             if session is None:

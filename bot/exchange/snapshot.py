@@ -43,8 +43,11 @@ class ExchangeService(enum.IntFlag):
             ExchangeService.FEDERATION: "Federation",
             ExchangeService.UMCALLROUTER: "UMCallRouter",
         }
-        return [display.get(member, str(member.name)) for member in ExchangeService
-                if member and member in self]
+        return [
+            display.get(member, str(member.name))
+            for member in ExchangeService
+            if member and member in self
+        ]
 
 
 class RootCAType(enum.IntEnum):
@@ -81,7 +84,7 @@ class ServicesSource(enum.StrEnum):
 
 @dataclass(frozen=True)
 class ExchangeCertificate:
-    """One certificate of ``Get-ExchangeCertificate``: X.509 facts from RawData plus Exchange's view."""
+    """One certificate of ``Get-ExchangeCertificate``: X.509 facts plus Exchange's view of it."""
 
     thumbprint: str
     der: bytes
@@ -123,7 +126,7 @@ class TlsCertificateName:
         if text.upper().startswith("<I>") and "<S>" in text.upper():
             split_at = text.upper().index("<S>")
             issuer = text[3:split_at].strip()
-            subject = text[split_at + 3:].strip()
+            subject = text[split_at + 3 :].strip()
             if issuer and subject:
                 return cls(raw=raw, issuer=issuer, subject=subject)
         return cls(raw=raw, issuer=None, subject=None)
@@ -148,7 +151,9 @@ class SendConnector:
         """A connector that carries mail to Exchange Online (HCW-made or smart host in EXO)."""
         if self.cloud_services_mail_enabled:
             return True
-        return any(host.lower().endswith(".mail.protection.outlook.com") for host in self.smart_hosts)
+        return any(
+            host.lower().endswith(".mail.protection.outlook.com") for host in self.smart_hosts
+        )
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,16 @@ from bot.analysis.verdict import server_verdict
 from bot.exchange.snapshot import Queue
 
 _COLOURS = {
-    "ok": "32", "info": "36", "warning": "33", "critical": "31", "unknown": "35",
-    "public": "32", "internal": "33", "self-signed": "33", "bold": "1", "dim": "2",
+    "ok": "32",
+    "info": "36",
+    "warning": "33",
+    "critical": "31",
+    "unknown": "35",
+    "public": "32",
+    "internal": "33",
+    "self-signed": "33",
+    "bold": "1",
+    "dim": "2",
 }
 
 
@@ -69,15 +77,18 @@ def _outbound_lines(selection: OutboundSelection, style: _Style) -> Iterable[str
 
 
 def _queue_line(queue: Queue) -> str:
-    line = (f"  {_clean(queue.identity)} -> {_clean(queue.next_hop_domain)}: "
-            f"{_clean(queue.status)}, {queue.message_count} message(s)")
+    line = (
+        f"  {_clean(queue.identity)} -> {_clean(queue.next_hop_domain)}: "
+        f"{_clean(queue.status)}, {queue.message_count} message(s)"
+    )
     if queue.last_error:
         line += f"\n      last error: {_trimmed(queue.last_error)}"
     return line
 
 
 def _finding_lines(finding: Finding, style: _Style) -> Iterable[str]:
-    yield f"  [{style(finding.severity.upper(), finding.severity)}] {finding.code}: {_clean(finding.summary)}"
+    severity = style(finding.severity.upper(), finding.severity)
+    yield f"  [{severity}] {finding.code}: {_clean(finding.summary)}"
     if finding.thumbprints:
         yield f"      certificates: {', '.join(finding.thumbprints)}"
     if finding.remedy:
@@ -85,8 +96,9 @@ def _finding_lines(finding: Finding, style: _Style) -> Iterable[str]:
 
 
 def _plan_lines(plan: RemediationPlan, style: _Style) -> Iterable[str]:
-    yield style(f"Remediation plan {plan.short_hash} (needs approval in Slack, or run by hand):",
-                "bold")
+    yield style(
+        f"Remediation plan {plan.short_hash} (needs approval in Slack, or run by hand):", "bold"
+    )
     for number, step in enumerate(plan.steps, start=1):
         if step.skipped_reason:
             yield f"  {number}. skipped ({step.kind}): {_clean(step.skipped_reason)}"
@@ -108,8 +120,9 @@ def _server_lines(server: ServerAnalysis, style: _Style) -> Iterable[str]:
             yield from _certificate_lines(cert, style)
         hidden = len(server.certificates) - len(shown)
         if hidden:
-            yield style(f"  ({hidden} more without services or FQDN match; see --format json)",
-                        "dim")
+            yield style(
+                f"  ({hidden} more without services or FQDN match; see --format json)", "dim"
+            )
     if server.outbound:
         yield "Outbound to Exchange Online (predicted):"
         for selection in server.outbound:
@@ -132,7 +145,8 @@ def render_report_text(report: FleetReport, *, color: bool = False) -> str:
     style = _Style(color)
     lines = [
         style("exchange-tls check", "bold") + f" at {iso_utc(report.generated_at)}",
-        "Verdict: " + style(report.verdict.upper(), report.verdict)
+        "Verdict: "
+        + style(report.verdict.upper(), report.verdict)
         + f" ({len(report.servers)} server(s))",
     ]
     for server in report.servers:

@@ -38,8 +38,9 @@ def codes(server: dict[str, Any]) -> set[str]:
 
 def with_faults(tmp_path: Path, faults: str, base: str = "kb-2888788.yaml") -> Path:
     state = tmp_path / "state.yaml"
-    state.write_text((STATES / base).read_text(encoding="utf-8") + "\nfaults:\n" + faults,
-                     encoding="utf-8")
+    state.write_text(
+        (STATES / base).read_text(encoding="utf-8") + "\nfaults:\n" + faults, encoding="utf-8"
+    )
     return state
 
 
@@ -49,7 +50,9 @@ def test_kb_fault_is_diagnosed_critical_with_the_internal_certificate_predicted(
     assert report["verdict"] == "critical"
     (server,) = report["servers"]
     assert server["reachable"] is True
-    assert {"SMTP_MIXED_TRUST_BINDING", "OUTBOUND_CERT_UNTRUSTED", "QUEUE_TLS_REJECTED"} <= codes(server)
+    assert {"SMTP_MIXED_TRUST_BINDING", "OUTBOUND_CERT_UNTRUSTED", "QUEUE_TLS_REJECTED"} <= codes(
+        server
+    )
     by_thumbprint = {c["thumbprint"]: c for c in server["certificates"]}
     (outbound,) = server["outbound"]
     predicted = by_thumbprint[outbound["thumbprint"]]
@@ -97,12 +100,16 @@ def test_text_report_is_plain_when_piped_and_names_the_plan() -> None:
     [
         ("  auth_refused: true\n", "authentication"),
         ("  drop_connection_on: Get-ExchangeCertificate\n", "connection"),
-        ("  wsman_fault: {cmdlet: Get-SendConnector, code: '0x80338012', message: 'The client "
-         "cannot connect'}\n", "0x80338012"),
+        (
+            "  wsman_fault: {cmdlet: Get-SendConnector, code: '0x80338012', message: 'The client "
+            "cannot connect'}\n",
+            "0x80338012",
+        ),
     ],
 )
 def test_lab_faults_give_server_unreachable_with_a_readable_reason(
-        tmp_path: Path, faults: str, reason: str) -> None:
+    tmp_path: Path, faults: str, reason: str
+) -> None:
     code, report = check_json("--lab-state", str(with_faults(tmp_path, faults)))
     assert code == 3
     assert report["verdict"] == "unknown"
@@ -124,7 +131,7 @@ def test_unknown_server_name_is_refused_without_contacting_anything() -> None:
 def test_malformed_lab_state_is_a_clear_error(tmp_path: Path) -> None:
     state = tmp_path / "bad.yaml"
     state.write_text("tenant: contoso\ncas: [\n", encoding="utf-8")
-    code, out, err = run_cli("check", "--lab", "--lab-state", str(state))
+    code, _, err = run_cli("check", "--lab", "--lab-state", str(state))
     assert code == 3
     assert "bad.yaml" in err
     assert "Traceback" not in err
@@ -139,22 +146,25 @@ def slow_lab(tmp_path: Path) -> Iterator[LabServer]:
         yield lab
 
 
-def test_operation_time_out_gives_server_unreachable(slow_lab: LabServer,
-                                                     tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_operation_time_out_gives_server_unreachable(
+    slow_lab: LabServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     user = slow_lab.users[0]
     monkeypatch.setenv("LAB_USER", f"{user.domain}\\{user.name}")
     monkeypatch.setenv("LAB_PASSWORD", user.password)
     config = tmp_path / "config.toml"
-    config.write_text(f"""
+    config.write_text(
+        f"""
 [[servers]]
 name = "EX01"
-url = "{slow_lab.url_for('EX01')}"
+url = "{slow_lab.url_for("EX01")}"
 auth = "ntlm"
 username_env = "LAB_USER"
 password_env = "LAB_PASSWORD"
 operation_timeout = 1
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     code, out, err = run_cli("check", "--config", str(config), "--format", "json")
     report = json.loads(out)
     assert code == 3, err
@@ -164,7 +174,8 @@ operation_timeout = 1
 
 
 def test_fleet_check_keeps_going_when_one_server_is_unreachable(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     now = datetime.now(UTC)
     organisation = ExchangeOrganisation(default_state(now=now), clock=lambda: datetime.now(UTC))
     with LabServer(organisation, auth="ntlm") as lab:
@@ -173,10 +184,11 @@ def test_fleet_check_keeps_going_when_one_server_is_unreachable(
         monkeypatch.setenv("LAB_PASSWORD", user.password)
         closed_port = _closed_port()
         config = tmp_path / "config.toml"
-        config.write_text(f"""
+        config.write_text(
+            f"""
 [[servers]]
 name = "EX01"
-url = "{lab.url_for('EX01')}"
+url = "{lab.url_for("EX01")}"
 auth = "ntlm"
 username_env = "LAB_USER"
 password_env = "LAB_PASSWORD"
@@ -188,13 +200,15 @@ auth = "ntlm"
 username_env = "LAB_USER"
 password_env = "LAB_PASSWORD"
 connect_timeout = 2
-""", encoding="utf-8")
+""",
+            encoding="utf-8",
+        )
         code, out, _ = run_cli("check", "--config", str(config), "--format", "json")
     report = json.loads(out)
     assert code == 2
     first, second = report["servers"]
-    assert first["name"] == "EX01" and first["reachable"] is True
-    assert second["name"] == "EX02" and second["reachable"] is False
+    assert (first["name"], first["reachable"]) == ("EX01", True)
+    assert (second["name"], second["reachable"]) == ("EX02", False)
     assert "refused" in second["error"] or "connect" in second["error"]
 
 
@@ -216,8 +230,9 @@ def test_warm_session_reuses_its_runspace_pool() -> None:
     with LabServer(organisation, auth="ntlm") as lab:
         user = lab.users[0]
         settings = ServerSettings(name="EX01", url=lab.url_for("EX01"), auth="ntlm")
-        cache = SessionCache(credentials=lambda _: Credentials(f"{user.domain}\\{user.name}",
-                                                               user.password))
+        cache = SessionCache(
+            credentials=lambda _: Credentials(f"{user.domain}\\{user.name}", user.password)
+        )
         try:
             with cache.session(settings) as session:
                 read_snapshot(session, "EX01", now=now)
@@ -242,8 +257,9 @@ def test_concurrent_checks_of_one_server_share_its_session_safely() -> None:
     with LabServer(organisation, auth="ntlm") as lab:
         user = lab.users[0]
         settings = ServerSettings(name="EX01", url=lab.url_for("EX01"), auth="ntlm")
-        cache = SessionCache(credentials=lambda _: Credentials(f"{user.domain}\\{user.name}",
-                                                               user.password))
+        cache = SessionCache(
+            credentials=lambda _: Credentials(f"{user.domain}\\{user.name}", user.password)
+        )
 
         def work() -> None:
             try:

@@ -1,0 +1,3 @@
+"""Shared pytest configuration: database fixtures for SQLite and PostgreSQL."""
+
+pytest_plugins = ["tests.conftest_db"]
