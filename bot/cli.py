@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -136,6 +137,9 @@ def main(
     out = out or sys.stdout
     err = err or sys.stderr
     args = _build_parser().parse_args(argv)
+    # Real certificates carry non-standard names (a 7-letter country); cryptography warns on
+    # each, which is noise for people reading a report.
+    warnings.filterwarnings("ignore", message="Attribute's length must be", category=UserWarning)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         stream=err,

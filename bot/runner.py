@@ -188,7 +188,11 @@ def _load(config_path: str | None) -> Settings:
 
 
 def run_analyze_command(
-    files: Sequence[Path], *, config_path: str | None, server_name: str | None
+    files: Sequence[Path],
+    *,
+    config_path: str | None,
+    server_name: str | None,
+    now: datetime | None = None,
 ) -> FleetReport:
     """Run ``exchange-tls analyze FILE...`` on Export-Clixml files."""
     settings = _load(config_path) if config_path else Settings()
@@ -198,7 +202,7 @@ def run_analyze_command(
             objects.extend(read_clixml_file(file))
         except (ClixmlError, OSError) as error:
             raise CheckRunError(str(error)) from error
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     try:
         snapshot = snapshot_from_objects(objects, taken_at=now, server_name=server_name)
     except SnapshotParseError as error:
