@@ -135,32 +135,33 @@ def run_check_command(
     if lab_state and not lab:
         raise CheckRunError("--lab-state needs --lab")
     if lab:
-        settings = Settings()
-        if config_path:
-            settings = _load(config_path)
+        settings = _load(config_path) if config_path else Settings()
         with running_lab(lab_state) as target:
-            servers = target.servers
-            if server_names:
-                servers = _select_servers(
-                    Settings(servers=target.servers, source="the lab"), server_names
-                )
-            trust = trust_store_for(settings.trust, target.public_roots)
-            cache = SessionCache(credentials=lambda _: target.credentials)
-            try:
-                return check_fleet(
-                    servers,
-                    cache,
-                    trust,
-                    concurrency=settings.check.concurrency,
-                    plan_scope=settings.check.plan_scope,
-                    progress=_progress(progress_stream, len(servers)),
-                )
-            finally:
-                cache.close_all()
+            lab_settings = Settings(servers=target.servers, source="the lab")
+            return _check(
+                settings,
+                _select_servers(lab_settings, server_names),
+                trust_store_for(settings.trust, target.public_roots),
+                SessionCache(credentials=lambda _: target.credentials),
+                progress_stream,
+            )
     settings = _load(config_path)
-    servers = _select_servers(settings, server_names)
-    trust = trust_store_for(settings.trust)
-    cache = SessionCache(idle_seconds=settings.check.pool_idle_seconds)
+    return _check(
+        settings,
+        _select_servers(settings, server_names),
+        trust_store_for(settings.trust),
+        SessionCache(idle_seconds=settings.check.pool_idle_seconds),
+        progress_stream,
+    )
+
+
+def _check(
+    settings: Settings,
+    servers: Sequence[ServerSettings],
+    trust: TrustStore,
+    cache: SessionCache,
+    progress_stream: TextIO | None,
+) -> FleetReport:
     try:
         return check_fleet(
             servers,
