@@ -15,7 +15,9 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import Engine, Select, and_, func, insert, or_, select, update
+from sqlalchemy import Engine, Select, Table, and_, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -621,15 +623,14 @@ class Repository:
         post; choose it longer than a post can take, or a slow replica's post is duplicated.
         """
         fires = schema.schedule_fires
-        try:
-            with self._engine.begin() as connection:
-                connection.execute(insert(fires).values(
-                    schedule_id=schedule_id, fire_time=fire_time, claimed_by=owner,
-                    claimed_at=now, attempts=1))
-            return True
-        except IntegrityError:
-            if lease is None:
-                return False
+        claim = _insert_ignoring_duplicates(self._engine, fires).values(
+            schedule_id=schedule_id, fire_time=fire_time, claimed_by=owner,
+            claimed_at=now, attempts=1).returning(fires.c.schedule_id)
+        with self._engine.begin() as connection:
+            if connection.execute(claim).first() is not None:
+                return True
+        if lease is None:
+            return False
         with self._engine.begin() as connection:
             taken = connection.execute(
                 update(fires).where(and_(fires.c.schedule_id == schedule_id,
@@ -653,3 +654,10 @@ class Repository:
                 .values(completed_at=now))
             return done.rowcount == 1
 
+
+def _insert_ignoring_duplicates(engine: Engine, table: Table) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING``: a lost race is a zero row count, not an error
+    (a failed INSERT would also be logged by PostgreSQL on every lost claim)."""
+    if engine.dialect.name == "postgresql":
+        return postgresql_insert(table).on_conflict_do_nothing()
+    return sqlite_insert(table).on_conflict_do_nothing()
