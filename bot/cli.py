@@ -67,6 +67,41 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--https", action="store_true", help="serve https with a generated certificate"
     )
+
+    bot = commands.add_parser(
+        "bot", help="run the Slack bot (Socket Mode by default, or HTTP)"
+    )
+    bot.add_argument("--config", help="configuration file (else $EXCHANGE_TLS_CONFIG)")
+    mode = bot.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--socket", dest="mode", action="store_const", const="socket",
+        help="connect to Slack over Socket Mode (default; needs SLACK_APP_TOKEN)",
+    )
+    mode.add_argument(
+        "--http", dest="mode", action="store_const", const="http",
+        help="serve POST /slack/events and GET /healthz (needs SLACK_SIGNING_SECRET)",
+    )
+    bot.add_argument("--port", type=int, help="HTTP port (with --http; default 3000, 0: any)")
+    bot.add_argument(
+        "--host", help="HTTP address to listen on (with --http; default 0.0.0.0)"
+    )
+
+    demo = commands.add_parser(
+        "demo", help="the whole flow in the terminal: the lab, a stand-in Slack and the bot"
+    )
+    demo.add_argument(
+        "--interactive", action="store_true", help="type the commands yourself"
+    )
+    demo.add_argument("--lab-state", metavar="FILE", help="lab state file (default: the KB fault)")
+    demo.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+
+    manifest = commands.add_parser("slack-manifest", help="print the Slack app manifest")
+    manifest.add_argument(
+        "--request-url",
+        metavar="URL",
+        help="HTTP mode: Slack posts to this URL (e.g. https://bot.example.com/slack/events) "
+        "instead of Socket Mode",
+    )
     return parser
 
 
@@ -130,6 +165,46 @@ def _run_lab(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return run_lab_serve(state, args.host, args.port, args.auth, args.https, out)
 
 
+def _run_bot(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from bot.app import run_bot
+
+    mode = args.mode or "socket"
+    if mode != "http" and (args.port is not None or args.host is not None):
+        err.write("exchange-tls bot: --port and --host need --http\n")
+        return EXIT_USAGE
+    return run_bot(
+        config_path=args.config,
+        mode="http" if mode == "http" else "socket",
+        host=args.host if args.host is not None else "0.0.0.0",  # noqa: S104 - behind a LB
+        port=args.port if args.port is not None else 3000,
+        out=out,
+        err=err,
+    )
+
+
+def _run_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from bot.demo import run_demo
+
+    return run_demo(
+        interactive=args.interactive,
+        out=out,
+        err=err,
+        color=_use_color(args.color, out),
+        lab_state=args.lab_state,
+    )
+
+
+def _run_manifest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from bot.render.manifest import manifest_yaml
+
+    url = args.request_url
+    if url is not None and not url.startswith("https://"):
+        err.write("exchange-tls slack-manifest: --request-url must be an https:// URL\n")
+        return EXIT_USAGE
+    out.write(manifest_yaml(request_url=url))
+    return 0
+
+
 def main(
     argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
@@ -145,7 +220,14 @@ def main(
         stream=err,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"check": _run_check, "analyze": _run_analyze, "lab": _run_lab}
+    handlers = {
+        "check": _run_check,
+        "analyze": _run_analyze,
+        "lab": _run_lab,
+        "bot": _run_bot,
+        "demo": _run_demo,
+        "slack-manifest": _run_manifest,
+    }
     try:
         return handlers[args.command](args, out, err)
     except KeyboardInterrupt:

@@ -275,3 +275,26 @@ def test_concurrent_checks_of_one_server_share_its_session_safely() -> None:
             thread.join()
         cache.close_all()
     assert errors == []
+
+
+def test_a_long_lived_session_does_not_keep_finished_pipelines() -> None:
+    from bot.config import ServerSettings
+    from bot.exchange.reader import read_snapshot
+    from bot.exchange.session import Credentials, SessionCache
+
+    now = datetime.now(UTC)
+    organisation = ExchangeOrganisation(default_state(now=now), clock=lambda: datetime.now(UTC))
+    with LabServer(organisation, auth="ntlm") as lab:
+        user = lab.users[0]
+        settings = ServerSettings(name="EX01", url=lab.url_for("EX01"), auth="ntlm")
+        cache = SessionCache(
+            credentials=lambda _: Credentials(f"{user.domain}\\{user.name}", user.password)
+        )
+        try:
+            with cache.session(settings) as session:
+                for _ in range(3):
+                    read_snapshot(session, "EX01", now=now)
+                assert session._pool is not None
+                assert len(session._pool.pipelines) == 0
+        finally:
+            cache.close_all()

@@ -1,0 +1,211 @@
+"""What the bot answers at once, and its small notices. Pure: no I/O, no clock.
+
+:func:`interpret_command` turns a slash command into the acknowledgement Slack shows the user
+within its 3 seconds and, when there is background work, the command the service runs.
+Parsing and the run-check policy are pure and take microseconds, so the acknowledgement can
+say what is happening ("Checking 3 servers…") without anything slow before it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Final
+
+from bot.analysis.model import ServerAnalysis
+from bot.analysis.verdict import server_verdict
+from bot.commands import (
+    AuditCommand,
+    CheckCommand,
+    Command,
+    FreezeCommand,
+    HelpCommand,
+    InvalidArgument,
+    NoServersConfigured,
+    StatusCommand,
+    UnfreezeCommand,
+    UnknownServers,
+    clean_text,
+    parse_command,
+)
+from bot.config import Settings
+from bot.remediation.policy import Actor, Decision, may_run_check
+from bot.render.blocks import (
+    MAX_BLOCKS_PER_MESSAGE,
+    SlackMessage,
+    code,
+    context,
+    escape_mrkdwn,
+    fits_message,
+    message,
+    render_error,
+    render_help,
+    render_unknown_server,
+    section,
+    truncate_text,
+)
+
+SLASH_COMMAND: Final = "/exchange-tls"
+BackgroundCommand = CheckCommand | StatusCommand
+_USER_ID: Final = re.compile(r"^[UW][A-Z0-9]{2,30}$")
+_NAMED_IN_ACK: Final = 3
+
+
+@dataclass(frozen=True)
+class Interpretation:
+    """A slash command understood: the acknowledgement, and the work to run after it (if any)."""
+
+    command: Command
+    decision: Decision
+    ack: SlackMessage
+    work: BackgroundCommand | None
+
+
+def interpret_command(
+    text: str, *, actor: Actor, channel_id: str, settings: Settings,
+    slash_command: str = SLASH_COMMAND,
+) -> Interpretation:
+    """Parse and authorise a slash command and say what to acknowledge with."""
+    command = parse_command(text, settings.server_names)
+    decision = may_run_check(actor, channel_id, settings.slack)
+    if not decision.allowed:
+        return Interpretation(command, decision, refusal(decision), None)
+    if isinstance(command, CheckCommand):
+        return Interpretation(command, decision, message(check_ack_text(command), []), command)
+    if isinstance(command, StatusCommand):
+        return Interpretation(
+            command, decision, message(":bar_chart: Gathering the status…", []), command
+        )
+    return Interpretation(
+        command, decision, immediate_answer(command, settings.server_names, slash_command), None
+    )
+
+
+def check_ack_text(command: CheckCommand) -> str:
+    """"Checking EX01…", "Checking all 3 servers…": what the user sees at once."""
+    count = len(command.servers)
+    if command.everything and count > 1:
+        what = f"all {count} servers"
+    elif count <= _NAMED_IN_ACK:
+        what = _and_list([f"*{escape_mrkdwn(name)}*" for name in command.servers])
+    else:
+        what = f"{count} servers"
+    return f":hourglass_flowing_sand: Checking {what}… the report will be posted in this channel."
+
+
+def _and_list(items: Sequence[str]) -> str:
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + f" and {items[-1]}"
+
+
+def immediate_answer(
+    command: Command, known_servers: Sequence[str], slash_command: str = SLASH_COMMAND
+) -> SlackMessage:
+    """The whole answer to a command that needs no background work."""
+    if isinstance(command, HelpCommand):
+        return help_message(known_servers, command.unknown, slash_command)
+    if isinstance(command, UnknownServers):
+        return render_unknown_server(", ".join(command.names), command.known)
+    if isinstance(command, NoServersConfigured):
+        return render_error(
+            "No Exchange servers are configured: add a [[servers]] table to the bot's "
+            "configuration file, then restart the bot."
+        )
+    if isinstance(command, InvalidArgument):
+        return render_error(
+            f"{slash_command} {command.command} needs {command.expected} "
+            f"(got: {command.argument})."
+        )
+    if isinstance(command, AuditCommand | FreezeCommand | UnfreezeCommand):
+        name = {AuditCommand: "audit", FreezeCommand: "freeze", UnfreezeCommand: "unfreeze"}[
+            type(command)
+        ]
+        return render_error(
+            f"{slash_command} {name} is not available in this version of exchange-tls yet."
+        )
+    return help_message(known_servers, None, slash_command)
+
+
+def help_message(
+    known_servers: Sequence[str], unknown: str | None, slash_command: str = SLASH_COMMAND
+) -> SlackMessage:
+    """Usage and known servers, opening with what was not understood (if anything)."""
+    usage = render_help(known_servers, command=slash_command)
+    if unknown is None:
+        return usage
+    note = section(
+        f":grey_question: I don't know the command {code(unknown)}. Here is what I can do:"
+    )
+    return message(f"Unknown command: {escape_mrkdwn(unknown)}", [note, *usage.blocks])
+
+
+def refusal(decision: Decision) -> SlackMessage:
+    """A refused command; the policy's reason keeps its user and channel mentions."""
+    reason = escape_mrkdwn(truncate_text(clean_text(decision.reason, 500), 500),
+                           keep_mentions=True)
+    text = f":no_entry: {reason}. Ask an exchange-tls admin if you need access."
+    return message(text, [section(text)])
+
+
+def with_requester(
+    reply: SlackMessage, user_id: str, command_text: str, slash_command: str = SLASH_COMMAND
+) -> SlackMessage:
+    """``reply`` with a closing context line naming who asked, and how, when it still fits."""
+    if not _USER_ID.match(user_id):
+        return reply
+    typed = truncate_text(" ".join(clean_text(command_text, 200).split()), 80)
+    line = context(
+        f"Requested by <@{user_id}> with {code(f'{slash_command} {typed}'.strip())}"
+    )
+    blocks = [*reply.blocks, line]
+    if len(blocks) > MAX_BLOCKS_PER_MESSAGE or not fits_message(blocks):
+        return reply
+    return replace(reply, blocks=tuple(blocks))
+
+
+def status_summary(analysis: ServerAnalysis) -> str:
+    """A short plain-text note on one server's last result, for ``status``."""
+    if not analysis.reachable:
+        return f"unreachable: {truncate_text(analysis.error or 'no reason given', 160)}"
+    if not analysis.findings:
+        return "no findings"
+    counts = [
+        f"{sum(1 for f in analysis.findings if f.severity == severity)} {severity}"
+        for severity in ("critical", "warning", "info")
+        if any(f.severity == severity for f in analysis.findings)
+    ]
+    worst = server_verdict(analysis)
+    codes = [str(f.code) for f in analysis.findings if f.severity == worst]
+    shown = ", ".join(codes[:3]) + (", …" if len(codes) > 3 else "")
+    return ", ".join(counts) + (f" ({shown})" if shown else "")
+
+
+def busy_notice(queued: int) -> SlackMessage:
+    return render_error(
+        f"I am busy: {queued} {'job is' if queued == 1 else 'jobs are'} already waiting or "
+        "running. Nothing was started; "
+        "please try again in a minute."
+    )
+
+
+def stopped_notice(what: str) -> SlackMessage:
+    return render_error(
+        f"The bot was stopped before your {what} ran, so it did not run. "
+        "Please run it again once the bot is back."
+    )
+
+
+def failure_notice(what: str, reason: str) -> SlackMessage:
+    return render_error(f"Your {what} failed: {reason}")
+
+
+def not_posted_notice(reason: str) -> SlackMessage:
+    """The report could not be posted in the channel; said to the requester instead."""
+    hint = {
+        "not_in_channel": " Invite me first: /invite @exchange-tls",
+        "channel_not_found": " I cannot see this channel: invite me to it first.",
+        "is_archived": " The channel is archived.",
+    }.get(reason, "")
+    return render_error(f"I could not post the report in this channel ({reason}).{hint}")
