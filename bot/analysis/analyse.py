@@ -89,6 +89,7 @@ def analyse_server(
         findings=find_issues(snapshot, certificates, outbound, now),
         plan=build_plan(snapshot, certificates, plan_scope),
         taken_at=snapshot.taken_at,
+        notes=snapshot.notes,
     )
 
 

@@ -151,6 +151,7 @@ def server_to_json(analysis: ServerAnalysis) -> dict[str, Any]:
         "error": analysis.error,
         "verdict": server_verdict(analysis),
         "taken_at": None if analysis.taken_at is None else iso_utc(analysis.taken_at),
+        "notes": list(analysis.notes),
         "certificates": [certificate_to_json(c) for c in analysis.certificates],
         "send_connectors": [send_connector_to_json(c) for c in analysis.send_connectors],
         "outbound": [outbound_to_json(s) for s in analysis.outbound],

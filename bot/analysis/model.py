@@ -168,6 +168,8 @@ class ServerAnalysis:
     findings: tuple[Finding, ...]
     plan: RemediationPlan | None
     taken_at: datetime | None = None
+    notes: tuple[str, ...] = ()
+    """What could not be read or was left out while reading the server (never silent)."""
 
 
 @dataclass(frozen=True)

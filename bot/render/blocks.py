@@ -594,6 +594,10 @@ def server_blocks(server: ServerAnalysis) -> list[Block]:
     blocks += _evidence_blocks(server)
     blocks += _finding_blocks(server)
     blocks += _plan_blocks(server)
+    if server.notes:
+        lines = "\n".join(f"• {escape_mrkdwn(note)}" for note in server.notes[:10])
+        more = f"\n…and {len(server.notes) - 10} more" if len(server.notes) > 10 else ""
+        blocks.append(section(fit_mrkdwn(f":memo: *Read with notes*\n{lines}{more}")))
     return blocks
 
 
@@ -701,13 +705,42 @@ class OpenRequest:
     expires_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class ScheduleStatus:
+    """A scheduled health post in ``/exchange-tls status``."""
+
+    label: str
+    """What and when: ``0 8 * * 1-5 (Europe/Amsterdam) · EX01, EX02``."""
+    channel: str
+    next_run: datetime | None
+    """Aware, in the schedule's time zone; None when it never fires again."""
+
+
+_CHANNEL_ID: Final = re.compile(r"^[CG][A-Z0-9]{2,30}$")
+
+
+def schedule_status_line(schedule: ScheduleStatus) -> str:
+    """``• #channel: cron (zone) · servers · next <date> (Mon 08:00 CEST)``."""
+    where = (f"<#{schedule.channel}>" if _CHANNEL_ID.match(schedule.channel)
+             else code(truncate_text(schedule.channel, 40)))
+    if schedule.next_run is None:
+        when = "no further runs"
+    else:
+        local = schedule.next_run.strftime("%a %H:%M %Z").strip()
+        when = f"next {slack_date(schedule.next_run)} ({escape_mrkdwn(local)})"
+    return f"• {where}: {trimmed(schedule.label, 300)} · {when}"
+
+
 def render_status(
     servers: Sequence[ServerStatus],
     open_requests: Sequence[OpenRequest],
     *,
     frozen: bool,
+    schedules: Sequence[ScheduleStatus] | None = None,
 ) -> SlackMessage:
-    """Servers with their last results, open remediation requests, and the freeze state."""
+    """Servers with their last results, open remediation requests, and the freeze state; with
+    ``schedules``, the scheduled posts and their next run (before the servers, so a long
+    server list cannot push them out)."""
     freeze = (
         ":ice_cube: *Remediation is frozen*: nothing runs until an admin unfreezes."
         if frozen else ":arrow_forward: Remediation is not frozen."
@@ -730,6 +763,11 @@ def render_status(
         for request in open_requests
     ]
     blocks: list[Block] = [header(":bar_chart: Exchange TLS status"), section(freeze)]
+    if schedules is not None:
+        blocks += sections_from_lines(
+            [schedule_status_line(s) for s in schedules] or ["None are configured."],
+            heading="*Scheduled posts*",
+        )
     blocks += sections_from_lines(lines or ["No servers are configured."], heading="*Servers*")
     blocks += sections_from_lines(
         request_lines or ["None."], heading="*Open remediation requests*"
@@ -737,7 +775,7 @@ def render_status(
     blocks = _cap_blocks(blocks)
     text = f"Exchange TLS status: {len(servers)} servers, {len(open_requests)} open requests" + (
         ", remediation frozen" if frozen else ""
-    )
+    ) + (f", {len(schedules)} scheduled posts" if schedules is not None else "")
     return message(text, blocks)
 
 

@@ -138,6 +138,9 @@ def _server_lines(server: ServerAnalysis, style: _Style) -> Iterable[str]:
         yield "No findings."
     if server.plan is not None:
         yield from _plan_lines(server.plan, style)
+    if server.notes:
+        yield "Notes:"
+        yield from (f"  {_trimmed(note, 400)}" for note in server.notes)
 
 
 def render_report_text(report: FleetReport, *, color: bool = False) -> str:
