@@ -219,7 +219,54 @@ def ack_latency(bot: BotProcess, concurrent: int, rounds: int, client: str) -> l
     ]
 
 
-def run(concurrent: int, rounds: int, report_runs: int, clients: list[str]) -> str:
+def sustained_load(bot: BotProcess, slack: SlackStandIn, count: int, seconds: float) -> list[str]:
+    """``count`` slash commands spread evenly over ``seconds`` (issue 7: 200 within 10 s)."""
+    posted_before = sum(1 for c in slack.calls("chat.postMessage") if c.ok)
+    responses_before = len(slack.responses())
+    rss_before, _ = bot.rss_kib()
+    latencies: list[float] = [0.0] * count
+    statuses: list[int] = [0] * count
+    requests = [slash_command(signing_secret=DEFAULT_SIGNING_SECRET, text="check EX01")
+                for _ in range(count)]
+    threads: list[threading.Thread] = []
+
+    def one(index: int) -> None:
+        statuses[index], latencies[index] = send(bot, requests[index])
+
+    started = time.perf_counter()
+    for index in range(count):
+        delay = started + index * seconds / count - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        thread = threading.Thread(target=one, args=(index,))
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
+    sent_in = time.perf_counter() - started
+    drained = bot.wait_idle()
+    posted = sum(1 for c in slack.calls("chat.postMessage") if c.ok) - posted_before
+    busy = sum(1 for r in slack.responses()[responses_before:]
+               if "I am busy" in json.dumps(r.body))
+    rss_after, peak = bot.rss_kib()
+    late = sum(1 for latency in latencies if latency >= 3.0)
+    return [
+        f"sustained load: {count} slash commands (check EX01) sent evenly over {seconds:g} s "
+        f"(all sent in {sent_in:.1f} s), a new connection each:",
+        f"  acks: p50 {percentile(latencies, 0.50) * 1000:.1f} ms, p99 "
+        f"{percentile(latencies, 0.99) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms; "
+        f"HTTP 200: {statuses.count(200)}/{count}; later than Slack's 3 s: {late}",
+        f"  reports posted: {posted}/{count}; told 'busy, nothing started' (queue full): {busy}; "
+        f"unanswered: {count - posted - busy}; the worker pool drained {drained:.1f} s after "
+        "the last command",
+        f"  memory: VmRSS {rss_before / 1024:.1f} MiB before, {rss_after / 1024:.1f} MiB after, "
+        f"peak {peak / 1024:.1f} MiB",
+        "",
+    ]
+
+
+def run(concurrent: int, rounds: int, report_runs: int, clients: list[str],
+        load_commands: int = 200, load_seconds: float = 10.0) -> str:
     now = datetime.now(UTC)
     organisation = ExchangeOrganisation(default_state(now=now), clock=lambda: datetime.now(UTC))
     lines = [
@@ -269,6 +316,8 @@ def run(concurrent: int, rounds: int, report_runs: int, clients: list[str]) -> s
 
             for client in clients:
                 lines += ack_latency(bot, concurrent, rounds, client)
+            if load_commands:
+                lines += sustained_load(bot, slack, load_commands, load_seconds)
             reports = sum(1 for c in slack.calls("chat.postMessage") if c.ok)
             lines.append(f"Slack: {reports} reports posted in all, "
                          f"{sum(1 for c in slack.calls() if not c.ok)} failed calls")
@@ -285,7 +334,8 @@ def run(concurrent: int, rounds: int, report_runs: int, clients: list[str]) -> s
         lines.append("")
         lines.append(
             f"command: python -m benchmarks.bench_bot --concurrent {concurrent} --rounds {rounds}"
-            f" --report-runs {report_runs}" + (" --threads" if clients == ["threads"] else "")
+            f" --report-runs {report_runs} --load-commands {load_commands}"
+            f" --load-seconds {load_seconds:g}" + (" --threads" if clients == ["threads"] else "")
         )
     return "\n".join(lines) + "\n"
 
@@ -295,6 +345,8 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--report-runs", type=int, default=10)
+    parser.add_argument("--load-commands", type=int, default=200)
+    parser.add_argument("--load-seconds", type=float, default=10.0)
     parser.add_argument("--threads", action="store_true",
                         help="send the bursts from Python threads only (default: curl, if "
                         "installed, then Python threads)")
@@ -302,7 +354,8 @@ def main() -> None:
     args = parser.parse_args()
     curl = shutil.which("curl")
     clients = ["threads"] if args.threads or curl is None else [curl, "threads"]
-    text = run(args.concurrent, args.rounds, args.report_runs, clients)
+    text = run(args.concurrent, args.rounds, args.report_runs, clients, args.load_commands,
+               args.load_seconds)
     sys.stdout.write(text)
     if not args.no_save:
         RESULTS.write_text(text, encoding="utf-8")
