@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
 import statistics
 import subprocess
@@ -27,13 +26,12 @@ from pathlib import Path
 
 from bot.analysis.trust import TrustStore
 from bot.check import check_fleet
-from bot.config import ServerSettings
+from bot.config import ServerSettings, TrustSettings
 from bot.exchange.reader import read_snapshot
 from bot.exchange.session import Credentials, SessionCache
 from bot.lab.model import ExchangeOrganisation
 from bot.lab.state import load_state
 from bot.runner import trust_store_for
-from bot.config import TrustSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 KB_STATE = ROOT / "bot" / "lab" / "states" / "kb-2888788.yaml"
@@ -88,6 +86,13 @@ class LabProcess:
         self.process.wait(timeout=10)
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all CPUs, all processes; Linux)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 class CountingLab:
     """Counts HTTP requests by wrapping pypsrp's transport (client side, no lab internals)."""
 
@@ -120,7 +125,8 @@ def run(servers: int, latency_ms: int, concurrency: int, repeats: int) -> str:
     counter = CountingLab()
     credentials = Credentials("CONTOSO\\bench", PASSWORD)
     lines = [f"exchange-tls check benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-             f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"]
+             f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+             f"load average before {os.getloadavg()[0]:.2f}, nice {os.nice(0)}"]
     with tempfile.TemporaryDirectory() as tmp:
         for latency in (0, latency_ms):
             state_file = Path(tmp) / f"fleet-{latency}.yaml"
@@ -130,14 +136,18 @@ def run(servers: int, latency_ms: int, concurrency: int, repeats: int) -> str:
             try:
                 single = settings_for(lab, ["EX01"])[0]
                 cold_times, warm_times = [], []
+                cold_client_cpu, cold_lab_cpu = [], []
                 cold_requests = warm_requests = 0
                 for _ in range(repeats):
                     cache = SessionCache(credentials=lambda _: credentials)
                     start_requests = counter.requests
+                    lab_cpu, client_cpu = lab.cpu_seconds(), time.process_time()
                     started = time.perf_counter()
                     with cache.session(single) as session:
                         read_snapshot(session, "EX01", now=datetime.now(UTC))
                     cold_times.append(time.perf_counter() - started)
+                    cold_client_cpu.append(time.process_time() - client_cpu)
+                    cold_lab_cpu.append(lab.cpu_seconds() - lab_cpu)
                     cold_requests = counter.requests - start_requests
                     start_requests = counter.requests
                     started = time.perf_counter()
@@ -150,7 +160,9 @@ def run(servers: int, latency_ms: int, concurrency: int, repeats: int) -> str:
                 lines.append(f"\n-- latency {latency} ms per request --")
                 lines.append(f"one server, cold check (pool open + read): median "
                              f"{statistics.median(cold_times) * 1000:.0f} ms over {repeats}; "
-                             f"{cold_requests} HTTP requests")
+                             f"{cold_requests} HTTP requests; CPU client "
+                             f"{statistics.median(cold_client_cpu) * 1000:.0f} ms, lab "
+                             f"{statistics.median(cold_lab_cpu) * 1000:.0f} ms")
                 lines.append(f"one server, warm check (pool reused): median "
                              f"{statistics.median(warm_times) * 1000:.0f} ms; {warm_requests} "
                              f"HTTP requests; pools opened in the session: {pools}")
@@ -159,9 +171,11 @@ def run(servers: int, latency_ms: int, concurrency: int, repeats: int) -> str:
                     cache = SessionCache(credentials=lambda _: credentials)
                     start_requests = counter.requests
                     lab_cpu, client_cpu = lab.cpu_seconds(), time.process_time()
+                    machine_busy = machine_busy_seconds()
                     started = time.perf_counter()
                     report = check_fleet(fleet, cache, trust, concurrency=concurrency)
                     fleet_time = time.perf_counter() - started
+                    machine_busy = machine_busy_seconds() - machine_busy
                     lab_cpu, client_cpu = (lab.cpu_seconds() - lab_cpu,
                                            time.process_time() - client_cpu)
                     fleet_requests = counter.requests - start_requests
@@ -173,11 +187,21 @@ def run(servers: int, latency_ms: int, concurrency: int, repeats: int) -> str:
                                  f"{fleet_time * 1000:.0f} ms ({reachable}/{servers} reachable, "
                                  f"verdict {report.verdict}); {fleet_requests / servers:.1f} "
                                  f"HTTP requests per server")
-                    lines.append(f"fleet CPU: client {client_cpu:.2f} s, lab {lab_cpu:.2f} s")
+                    cpus = os.cpu_count() or 1
+                    lines.append(f"fleet CPU: client {client_cpu:.2f} s, lab {lab_cpu:.2f} s "
+                                 f"({client_cpu / servers * 1000:.0f} + "
+                                 f"{lab_cpu / servers * 1000:.0f} ms per server); on {cpus} "
+                                 f"CPUs that alone takes at least "
+                                 f"{(client_cpu + lab_cpu) / cpus:.2f} s")
+                    lines.append(f"machine during the fleet: {machine_busy:.2f} s busy of "
+                                 f"{fleet_time * cpus:.2f} s; other processes used about "
+                                 f"{max(0.0, machine_busy - client_cpu - lab_cpu):.2f} s")
                     lines.append(f"fleet / single-server (cold) = {ratio:.2f}x (goal: <= 3x): "
                                  f"{'PASS' if ratio <= 3 else 'FAIL'}")
             finally:
                 lab.stop()
+    lines.append(f"\nload average after: {os.getloadavg()[0]:.2f} (other processes on the "
+                 "machine share its CPUs)")
     return "\n".join(lines) + "\n"
 
 
@@ -193,7 +217,8 @@ def main() -> None:
     print(text, end="")
     Path(args.output).write_text(text + f"\ncommand: python -m benchmarks.bench_check "
                                         f"--servers {args.servers} --latency-ms {args.latency_ms} "
-                                        f"--concurrency {args.concurrency}\n", encoding="utf-8")
+                                        f"--concurrency {args.concurrency} "
+                                        f"--repeats {args.repeats}\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ that had already crossed a remoting boundary): compare with :func:`type_suffix_m
 
 from __future__ import annotations
 
+import base64
 import codecs
+import logging
 import os
 import queue
 import re
@@ -38,11 +40,45 @@ from psrpcore.types import (
     PSVersion,
     deserialize_clixml,
 )
-from pypsrp.complex_objects import ComplexObject, GenericComplexObject
+from pypsrp.complex_objects import (
+    ApartmentState,
+    Color,
+    CommandMetadataCount,
+    CommandOrigin,
+    ComplexObject,
+    Coordinates,
+    CultureInfo,
+    DictionaryMeta,
+    GenericComplexObject,
+    HostMethodIdentifier,
+    InformationalRecord,
+    KeyInfoDotNet,
+    ListMeta,
+    ObjectMeta,
+    ParameterMetadata,
+    PipelineResultTypes,
+    ProgressRecordType,
+    PSCredential,
+    PSThreadOptions,
+    QueueMeta,
+    RemoteStreamOptions,
+    SessionStateEntryVisibility,
+    Size,
+    StackMeta,
+)
 from pypsrp.complex_objects import Enum as PypsrpEnum
+from pypsrp.messages import (
+    DebugRecord,
+    ErrorRecordMessage,
+    InformationRecord,
+    VerboseRecord,
+    WarningRecord,
+)
 from pypsrp.serializer import Serializer as PypsrpSerializer
 
 DESERIALIZED_PREFIX = "Deserialized."
+
+log = logging.getLogger(__name__)
 
 _MAX_DEPTH = 64
 _LIST_TAGS = frozenset({"LST", "IE", "STK", "QUE"})
@@ -324,6 +360,155 @@ class _UnknownTypeNames(dict[str, Any]):
         return []
 
 
+def _text(element: ElementTree.Element) -> str:
+    return cast("str", element.text)
+
+
+_PrimitiveReader = Callable[["TolerantPypsrpSerializer", ElementTree.Element], Any]
+
+_PRIMITIVE_READERS: dict[str, _PrimitiveReader] = {
+    "S": lambda s, e: s._deserialize_string(e.text),
+    "ToString": lambda s, e: s._deserialize_string(e.text),
+    "C": lambda s, e: chr(int(_text(e))),
+    "B": lambda s, e: _text(e).lower() == "true",
+    "DT": lambda s, e: e.text,
+    "TS": lambda s, e: e.text,
+    "By": lambda s, e: int(_text(e)),
+    "SB": lambda s, e: int(_text(e)),
+    "U16": lambda s, e: int(_text(e)),
+    "I16": lambda s, e: int(_text(e)),
+    "U32": lambda s, e: int(_text(e)),
+    "I32": lambda s, e: int(_text(e)),
+    "U64": lambda s, e: int(_text(e)),
+    "I64": lambda s, e: int(_text(e)),
+    "Sg": lambda s, e: float(_text(e)),
+    "Db": lambda s, e: float(_text(e)),
+    "D": lambda s, e: e.text,
+    "BA": lambda s, e: base64.b64decode(_text(e)),
+    "G": lambda s, e: uuid.UUID(_text(e)),
+    "URI": lambda s, e: s._deserialize_string(e.text),
+    "Nil": lambda s, e: None,
+    "Version": lambda s, e: e.text,
+    "XD": lambda s, e: s._deserialize_string(e.text),
+    "SBK": lambda s, e: s._deserialize_string(e.text),
+    "SS": lambda s, e: s._deserialize_secure_string(e),
+    "Ref": lambda s, e: s.obj[e.attrib["RefId"]],
+}
+"""pypsrp 0.9.1's readers for primitive CLIXML elements (``Serializer.deserialize``)."""
+
+
+def _obj(complex_type: type[Any]) -> Callable[[], ObjectMeta]:
+    return lambda: ObjectMeta("Obj", object=complex_type)
+
+
+def _dynamic() -> ObjectMeta:
+    return ObjectMeta("ObjDynamic", object=GenericComplexObject)
+
+
+def _tag(tag: str) -> Callable[[], ObjectMeta]:
+    return lambda: ObjectMeta(tag)
+
+
+_PYPSRP_KNOWN_TYPES: dict[str, Callable[[], ObjectMeta]] = {
+    "Selected.Microsoft.PowerShell.Commands.GenericMeasureInfo": _obj(CommandMetadataCount),
+    "System.Array": ListMeta,
+    "System.Collections.ArrayList": ListMeta,
+    "System.Collections.Hashtable": DictionaryMeta,
+    "System.Collections.Generic.List": ListMeta,
+    "System.Collections.Queue": QueueMeta,
+    "System.Collections.Stack": StackMeta,
+    "System.ConsoleColor": _obj(Color),
+    "System.Management.Automation.CommandOrigin": _obj(CommandOrigin),
+    "System.Management.Automation.DebugRecord": _obj(DebugRecord),
+    "System.Management.Automation.ErrorRecord": _obj(ErrorRecordMessage),
+    "System.Management.Automation.Host.Coordinates": _obj(Coordinates),
+    "System.Management.Automation.Host.KeyInfo": _obj(KeyInfoDotNet),
+    "System.Management.Automation.Host.Size": _obj(Size),
+    "System.Management.Automation.InformationalRecord": _obj(InformationalRecord),
+    "System.Management.Automation.InformationRecord": _obj(InformationRecord),
+    "System.Management.Automation.ParameterMetadata": _obj(ParameterMetadata),
+    "System.Management.Automation.ProgressRecordType": _obj(ProgressRecordType),
+    "System.Management.Automation.PSBoundParametersDictionary": DictionaryMeta,
+    "System.Management.Automation.PSCredential": _obj(PSCredential),
+    "System.Management.Automation.PSObject": _dynamic,
+    "System.Management.Automation.PSPrimitiveDictionary": DictionaryMeta,
+    "System.Management.Automation.PSTypeName": _tag("S"),
+    "System.Management.Automation.Remoting.RemoteHostMethodId": _obj(HostMethodIdentifier),
+    "System.Management.Automation.Runspaces.ApartmentState": _obj(ApartmentState),
+    "System.Management.Automation.Runspaces.PipelineResultTypes": _obj(PipelineResultTypes),
+    "System.Management.Automation.Runspaces.PSThreadOptions": _obj(PSThreadOptions),
+    "System.Management.Automation.Runspaces.RemoteStreamOptions": _obj(RemoteStreamOptions),
+    "System.Management.Automation.SessionStateEntryVisibility":
+        _obj(SessionStateEntryVisibility),
+    "System.Management.Automation.VerboseRecord": _obj(VerboseRecord),
+    "System.Management.Automation.WarningRecord": _obj(WarningRecord),
+    "System.Globalization.CultureInfo": _obj(CultureInfo),
+    "System.Object": _dynamic,
+    "System.String": _tag("S"),
+    "System.Char": _tag("C"),
+    "System.Boolean": _tag("B"),
+    "System.DateTime": _tag("DT"),
+    "System.Byte": _tag("By"),
+    "System.SByte": _tag("SB"),
+    "System.UInt16": _tag("U16"),
+    "System.Int16": _tag("I16"),
+    "System.UInt32": _tag("U32"),
+    "System.Int32": _tag("I32"),
+    "System.UInt64": _tag("U64"),
+    "System.Int64": _tag("I64"),
+    "System.Single": _tag("Sg"),
+    "System.Double": _tag("Db"),
+    "System.Decimal": _tag("D"),
+    "System.Guid": _tag("G"),
+    "System.Uri": _tag("URI"),
+    "System.Version": _tag("Version"),
+    "System.Xml.XmlDocument": _tag("XD"),
+    "System.Management.Automation.ScriptBlock": _tag("SBK"),
+    "System.Security.SecureString": _tag("SS"),
+}
+"""pypsrp 0.9.1's table of .NET types it reads into its own classes, as factories.
+
+pypsrp builds this table (60 metadata objects) on every ``deserialize`` call, and its readers
+may change the metadata they get (a list's item metadata takes the first item's tag), so
+each lookup here makes fresh metadata.
+"""
+
+
+def _resolve_pypsrp_type(tag: str, type_names: list[str]) -> ObjectMeta | None:
+    """pypsrp 0.9.1's choice of reader for an element of ``tag`` with these type names."""
+    if tag == "Obj" and not type_names:
+        type_names = ["System.Object"]
+    for type_name in type_names:
+        if type_name.startswith("Deserialized.System."):
+            type_name = type_name[13:]
+        is_list = False
+        if type_name.endswith("[]"):
+            type_name = type_name[:-2]
+            is_list = True
+        elif type_name.startswith("System.Collections.Generic.List`1[["):
+            type_name = type_name[35:-1].split(",")[0]
+            is_list = True
+        elif type_name.startswith("System.Collections.ObjectModel.Collection`1[["):
+            type_name = type_name[45:-1].split(",")[0]
+            is_list = True
+        elif type_name.startswith("System.Collections.ObjectModel.ReadOnlyCollection`1[["):
+            type_name = type_name[53:-1].split(",")[0]
+            is_list = True
+        elif type_name.startswith("System.Collections.Generic.Dictionary`2[["):
+            key_type, value_type = (part.split(",")[0]
+                                    for part in type_name[41:-2].split("],[")[:2])
+            key_meta = _PYPSRP_KNOWN_TYPES.get(key_type)
+            value_meta = _PYPSRP_KNOWN_TYPES.get(value_type)
+            return DictionaryMeta(
+                dict_key_meta=key_meta() if key_meta else ObjectMeta(),
+                dict_value_meta=value_meta() if value_meta else ObjectMeta(),
+            )
+        factory = _PYPSRP_KNOWN_TYPES.get(type_name)
+        if factory is not None:
+            return ListMeta(list_value_meta=factory()) if is_list else factory()
+    return None
+
+
 class TolerantPypsrpSerializer(PypsrpSerializer):
     """pypsrp 0.9's serializer, reading unresolvable ``<Ref>``/``<TNRef>`` as ``None``/no types.
 
@@ -333,6 +518,14 @@ class TolerantPypsrpSerializer(PypsrpSerializer):
     ``Get-SendConnector`` (SmartHosts -> SourceIPAddress) and ``Get-HybridConfiguration``
     output does this. A client installs one instance on a runspace pool before opening it:
     ``pool._serializer = pool._fragmenter.serializer = TolerantPypsrpSerializer()``.
+
+    It also reads without pypsrp's per-element cost: pypsrp 0.9.1 turns every nested element
+    back into XML text (``ElementTree.tostring``) before looking at it, only to return that
+    text for types it does not know, and rebuilds its table of 60 known types on each call.
+    :meth:`deserialize` follows pypsrp's reading rules (its readers for complex objects are
+    reused as they are) but makes the text only where it is returned. Nested
+    ``ComplexObject`` s keep ``_xml`` unset: pypsrp reads ``_xml`` only from top-level
+    output, which has it as before.
     """
 
     def __init__(self) -> None:
@@ -343,6 +536,71 @@ class TolerantPypsrpSerializer(PypsrpSerializer):
         super()._clear()
         self.obj = _UnknownReferences()
         self.tn = _UnknownTypeNames()
+
+    def deserialize(
+        self,
+        element: ElementTree.Element | str,
+        metadata: ObjectMeta | None = None,
+        clear: bool = True,
+    ) -> Any:
+        """pypsrp's ``deserialize``, making an element's XML text only where it returns it."""
+        if clear:
+            self._clear()
+        text: str | None = None
+        if isinstance(element, str):
+            text = element
+            try:
+                # The PSRP message data pypsrp itself parses here, the same way.
+                element = ElementTree.fromstring(text)  # noqa: S314
+            except ElementTree.ParseError as error:
+                log.warning("unreadable CLIXML from the server (%s); kept as text", error)
+                return text
+        metadata = metadata or ObjectMeta()
+        if metadata.tag == "*":
+            metadata.tag = element.tag
+        type_names = self._get_types_from_obj(element)
+        reader = _PRIMITIVE_READERS.get(element.tag)
+        if reader is not None:
+            return reader(self, element)
+        resolved: ObjectMeta | None = metadata
+        if type(metadata) is ObjectMeta and metadata.object is None:
+            resolved = _resolve_pypsrp_type(metadata.tag, type_names)
+        obj = self._read_complex(element, resolved, text)
+        if element.tag == "Obj":
+            self.obj[element.attrib["RefId"]] = obj
+        if text is not None and isinstance(obj, ComplexObject):
+            obj._xml = text
+        return obj
+
+    def _read_complex(self, element: ElementTree.Element, metadata: ObjectMeta | None,
+                      text: str | None) -> Any:
+        """Read with pypsrp's reader for ``metadata``; no reader: the element's XML text."""
+        if metadata is None:
+            return text if text is not None else _element_text(element)
+        tag = metadata.tag
+        if tag == "Obj":
+            return self._deserialize_obj(element, metadata)
+        if tag == "ObjDynamic":
+            return self._deserialize_dynamic_obj(element, metadata)
+        if tag == "LST":
+            return self._deserialize_lst(element, metadata)
+        if tag == "QUE":
+            return self._deserialize_que(element)
+        if tag == "STK":
+            return self._deserialize_stk(element)
+        if tag == "DCT":
+            return self._deserialize_dct(element)
+        log.warning("unknown pypsrp metadata tag %r; the object is kept as XML text", tag)
+        return text if text is not None else _element_text(element)
+
+
+def _element_text(element: ElementTree.Element) -> str:
+    """The element as XML text, as pypsrp 0.9.1 returns unknown types.
+
+    pypsrp encodes to UTF-8 and decodes again; writing text directly gives the same string
+    (no declaration either way) at about half the cost.
+    """
+    return ElementTree.tostring(element, encoding="unicode")
 
 
 def _strip_namespaces(element: ElementTree.Element) -> None:
@@ -470,7 +728,7 @@ def _normalised_clixml(text: str, source: str) -> str:
     try:
         # DTDs (hence entity expansion) are refused above.
         root = ElementTree.fromstring(document)  # noqa: S314
-    except ElementTree.ParseError as error:
+    except (ElementTree.ParseError, UnicodeError) as error:  # lone surrogates: UnicodeError
         raise ClixmlError(f"{source}: not well-formed XML ({error})") from None
     local_name = root.tag.split("}", 1)[-1] if isinstance(root.tag, str) else ""
     if local_name != "Objs":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import ipaddress
 import re
 import uuid
@@ -209,6 +210,42 @@ class QueueStatus(PSEnumBase):
 _E = TypeVar("_E", bound=enum.Enum)
 
 
+class _PlainAttributes:
+    """Mixin for the lab's psrpcore objects: ``__class__`` and ``PSObject`` read directly.
+
+    psrpcore's ``PSObject.__getattribute__`` gathers every PS property into a dict before any
+    attribute lookup, and then still returns the ordinary attribute for these two names. Its
+    serializer reads them many times per object (``PSObject`` directly, ``__class__`` in each
+    ``isinstance`` test that falls through to it): about a third of the lab's CLIXML
+    serialization time. Reading them directly gives the same objects.
+    """
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("__class__", "PSObject"):
+            return object.__getattribute__(self, name)
+        return super().__getattribute__(name)
+
+
+class _WireObject(_PlainAttributes, PSObject):
+    """A PSObject whose type names, ToString and properties are set per instance."""
+
+
+class _WireList(_PlainAttributes, PSList):
+    """A PSList (``System.Object[]``, Exchange's ``MultiValuedProperty``)."""
+
+
+def _note(name: str, value: object, owner: PSObject) -> PSNoteProperty:
+    """``PSNoteProperty(name, value)`` for ``owner``, without psrpcore's throwaway object.
+
+    Given a value, psrpcore's constructor stores it through ``set_value(value, PSObject())``,
+    building (and dropping) a whole PSObject per property; storing it for the owner is the
+    same ``set_value`` without that.
+    """
+    prop = PSNoteProperty(name)
+    prop.set_value(value, owner)
+    return prop
+
+
 def to_psobject(
     record: object,
     *,
@@ -230,10 +267,56 @@ def to_psobject(
             ("RunspaceId", runspace_id),
             ("PSShowComputerName", False),
         ]
+    if isinstance(record, _REUSABLE_RECORDS):
+        return _with_remoting(_exchange_object(record), remoting)
     complex_value = _complex(record, remoting)
     if complex_value is None:
         return _note_value(record)
     return complex_value
+
+
+_REUSABLE_RECORDS = (
+    LabCertificateRecord,
+    LabSendConnectorRecord,
+    LabReceiveConnectorRecord,
+    LabHybridConfigurationRecord,
+    LabServerRecord,
+    LabQueueRecord,
+)
+"""Records whose objects carry the remoting trio first in ``<MS>`` and nothing else varies."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _exchange_object(record: object) -> PSObject:
+    """A record's object without remoting properties, built once per record value.
+
+    Records are frozen values (their datetimes UTC, as the model makes them) and a shape
+    depends on nothing else, so equal records share one object: a warm check, and every
+    server's view of organisation-wide objects (send connectors, hybrid configuration), skip
+    rebuilding it. It is never written to the wire itself and never changed:
+    :func:`_with_remoting` copies its top level and shares the nested values (psrpcore only
+    reads them, and each message has its own serializer, so sharing adds no ``<Ref>``).
+    """
+    shaped = _complex(record)
+    if shaped is None:
+        raise TypeError(f"no Exchange shape for {type(record).__name__}")
+    return shaped
+
+
+def _with_remoting(template: PSObject, remoting: Sequence[tuple[str, object]]) -> PSObject:
+    """A new top-level object like ``template`` with ``remoting`` first in its ``<MS>``."""
+    meta = template.PSObject
+    obj = _WireObject()
+    obj.PSObject.type_names = list(meta.type_names)
+    obj.PSObject.adapted_properties.extend(
+        _note(prop.name, prop.get_value(template), obj) for prop in meta.adapted_properties)
+    obj.PSObject.extended_properties.extend(
+        [_note(name, value, obj) for name, value in remoting]
+        + [_note(prop.name, prop.get_value(template), obj)
+           for prop in meta.extended_properties])
+    if meta.to_string is not None:
+        obj.PSObject.to_string = meta.to_string
+    return obj
 
 
 def error_record(spec: ErrorSpec, *, command_name: str | None) -> ErrorRecord:
@@ -346,7 +429,7 @@ def _complex(record: object, remoting: Sequence[tuple[str, object]] = ()) -> PSO
         exchange_object = _queue(record)
     if exchange_object is not None:
         exchange_object.PSObject.extended_properties[:0] = [
-            PSNoteProperty(name, value) for name, value in remoting]
+            _note(name, value, exchange_object) for name, value in remoting]
         return exchange_object
     if dataclasses.is_dataclass(record) and not isinstance(record, type):
         properties = [
@@ -374,7 +457,7 @@ def _note_value(value: object) -> object:
     if isinstance(value, Mapping):
         return {str(key): _note_value(item) for key, item in value.items()}
     if isinstance(value, Sequence):
-        array = PSList([_note_value(item) for item in value])
+        array = _WireList([_note_value(item) for item in value])
         array.PSObject.type_names = ["System.Object[]", "System.Array", "System.Object"]
         return array
     raise TypeError(f"no PowerShell shape for {type(value).__name__}")
@@ -533,12 +616,12 @@ def _ps_object(
     adapted: Sequence[tuple[str, object]] = (),
     extended: Sequence[tuple[str, object]] = (),
 ) -> PSObject:
-    obj = PSObject()
+    obj = _WireObject()
     obj.PSObject.type_names = list(type_names)
     for name, value in adapted:
-        obj.PSObject.adapted_properties.append(PSNoteProperty(name, value))
+        obj.PSObject.adapted_properties.append(_note(name, value, obj))
     for name, value in extended:
-        obj.PSObject.extended_properties.append(PSNoteProperty(name, value))
+        obj.PSObject.extended_properties.append(_note(name, value, obj))
     if to_string is not None:
         obj.PSObject.to_string = clixml_escape(to_string)
     return obj
@@ -571,7 +654,7 @@ def _multi_valued(
     element_type: str, items: Sequence[object], *, active_directory: bool = False
 ) -> PSList:
     """Exchange's ``MultiValuedProperty<T>`` (``ADMultiValuedProperty<T>`` for AD values)."""
-    values = PSList(list(items))
+    values = _WireList(list(items))
     type_names = [
         f"Microsoft.Exchange.Data.MultiValuedProperty`1[[{element_type}]]",
         "Microsoft.Exchange.Data.MultiValuedPropertyBase",
