@@ -805,6 +805,7 @@ class ExchangeOrganisation:
             friendly_name=cert.spec.friendly_name,
             public_key_size=issued.public_key_size,
             signature_algorithm=issued.signature_algorithm,
+            serialization_data=self._state.serialization_data,
         )
 
     def _connector_record(self, connector: _SendConnector) -> LabSendConnectorRecord:

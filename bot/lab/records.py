@@ -51,6 +51,8 @@ class LabCertificateRecord:
     friendly_name: str
     public_key_size: int
     signature_algorithm: str
+    serialization_data: bool = True
+    """False: sent with RawData only (no SerializationData blob), as to an unverifying client."""
 
 
 @dataclass(frozen=True)

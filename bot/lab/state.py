@@ -208,6 +208,7 @@ class LabState:
     hybrid: LabHybridSpec | None
     users: tuple[LabUser, ...]
     behaviour: Behaviour = "additive"
+    serialization_data: bool = True
     faults: LabFaults = field(default_factory=LabFaults)
     users_generated: bool = False
 
@@ -358,12 +359,13 @@ class _Node:
         return tuple(item.string() for item in self.sequence())
 
 
-def _flatten_merge_keys(mapping: _Node) -> None:
+def _flatten_merge_keys(mapping: _Node, _inside: frozenset[int] = frozenset()) -> None:
     """Apply YAML merge keys (``<<: *anchor``) so that templates can be shared."""
     node = mapping.node
     assert isinstance(node, yaml.MappingNode)
     if not any(key.tag == _TAG_MERGE for key, _ in node.value):
         return
+    inside = _inside | {id(node)}
     merged: list[tuple[yaml.Node, yaml.Node]] = []
     own: list[tuple[yaml.Node, yaml.Node]] = []
     for key, value in node.value:
@@ -374,7 +376,10 @@ def _flatten_merge_keys(mapping: _Node) -> None:
         for source in sources:
             if not isinstance(source, yaml.MappingNode):
                 mapping.child(source, mapping.path).fail("a merge key (<<) needs a mapping")
-            _flatten_merge_keys(mapping.child(source, mapping.path))
+            if id(source) in inside:
+                mapping.child(key, mapping.path).fail(
+                    "a merge key (<<) includes the mapping it is in")
+            _flatten_merge_keys(mapping.child(source, mapping.path), inside)
             merged.extend(source.value)
     own_keys = {str(key.value) for key, _ in own if isinstance(key, yaml.ScalarNode)}
     kept: list[tuple[yaml.Node, yaml.Node]] = []
@@ -405,19 +410,25 @@ def _datetime_value(node: _Node, now: datetime) -> datetime:
     scalar = node._scalar()
     text = str(scalar.value).strip()
     match = _RELATIVE.match(text)
-    if match:
-        sign = -1 if match.group(1) == "-" else 1
-        seconds = int(match.group(2)) * _UNIT_SECONDS[match.group(3).lower()]
-        value = now + sign * timedelta(seconds=seconds)
-    else:
-        try:
-            value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            node.fail(f"expected a date: relative like -60d, +300d, +12h or ISO like "
-                      f"2025-01-31, got {text!r}")
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).replace(microsecond=0)
+    try:
+        if match:
+            sign = -1 if match.group(1) == "-" else 1
+            seconds = int(match.group(2)) * _UNIT_SECONDS[match.group(3).lower()]
+            value = now + sign * timedelta(seconds=seconds)
+        else:
+            try:
+                value = datetime.fromisoformat(
+                    text.replace("Z", "+00:00").replace("z", "+00:00"))
+            except ValueError:
+                node.fail(f"expected a date: relative like -60d, +300d, +12h or ISO like "
+                          f"2025-01-31, got {text!r}")
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).replace(microsecond=0)
+    except LabStateError:
+        raise
+    except (OverflowError, ValueError):  # beyond datetime's years 1..9999
+        node.fail(f"date out of range: {text!r}")
 
 
 def _host_name(node: _Node) -> str:
@@ -823,13 +834,20 @@ def _parse_users(node: _Node, tenant: str) -> tuple[LabUser, ...]:
     return tuple(users)
 
 
-def _parse_behaviour(node: _Node) -> Behaviour:
+def _parse_behaviour(node: _Node) -> tuple[Behaviour, bool]:
+    """``enable_certificate`` and ``serialization_data`` (false: certificates arrive with RawData
+    only, as for a client that does not accept Exchange's signed serialization payloads)."""
     choices: tuple[Behaviour, ...] = ("additive", "replace")
+    serialization_data = True
     if isinstance(node.node, yaml.MappingNode):
-        keys = node.mapping(("enable_certificate",), required=("enable_certificate",))
+        keys = node.mapping(("enable_certificate", "serialization_data"))
+        if "serialization_data" in keys:
+            serialization_data = keys["serialization_data"].boolean()
+        if "enable_certificate" not in keys:
+            return "additive", serialization_data
         node = keys["enable_certificate"]
     value = _choice(node, choices)
-    return "replace" if value == "replace" else "additive"
+    return ("replace" if value == "replace" else "additive"), serialization_data
 
 
 def _parse_faults(node: _Node) -> LabFaults:
@@ -926,6 +944,8 @@ def parse_state(text: str, *, source: str, now: datetime) -> LabState:
         raise ValueError("now must be timezone-aware")
     try:
         root_node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:  # PyYAML composes recursively
+        raise LabStateError(source, None, "", "the YAML is nested too deeply") from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = int(mark.line) + 1 if mark is not None else None
@@ -972,13 +992,16 @@ def parse_state(text: str, *, source: str, now: datetime) -> LabState:
     else:
         users = (_generated_admin(tenant),)
         generated = True
+    behaviour, serialization_data = (_parse_behaviour(keys["behaviour"]) if "behaviour" in keys
+                                     else ("additive", True))
     return LabState(
         tenant=tenant,
         cas=tuple(cas),
         servers=tuple(servers),
         hybrid=hybrid,
         users=users,
-        behaviour=_parse_behaviour(keys["behaviour"]) if "behaviour" in keys else "additive",
+        behaviour=behaviour,
+        serialization_data=serialization_data,
         faults=_parse_faults(keys["faults"]) if "faults" in keys else LabFaults(),
         users_generated=generated,
     )

@@ -381,14 +381,16 @@ def certificate_iis_services(record: LabCertificateRecord) -> tuple[str, ...]:
 
 
 def _certificate(record: LabCertificateRecord, remoting: Sequence[tuple[str, object]]) -> PSObject:
-    serialization_data = exchange_certificate_serialization_data(
-        record, exchange_certificate_identity(record), certificate_iis_services(record)
-    )
+    extended = list(remoting)
+    if record.serialization_data:
+        extended.append(("SerializationData", exchange_certificate_serialization_data(
+            record, exchange_certificate_identity(record), certificate_iis_services(record)
+        )))
     return _ps_object(
         CERTIFICATE_TYPE_NAMES,
         to_string=x509_to_string(record),
         adapted=[("RawData", record.der)],
-        extended=[*remoting, ("SerializationData", serialization_data)],
+        extended=extended,
     )
 
 

@@ -298,3 +298,20 @@ def test_a_long_lived_session_does_not_keep_finished_pipelines() -> None:
                 assert len(session._pool.pipelines) == 0
         finally:
             cache.close_all()
+
+
+def test_without_serialization_data_services_come_from_select_object(tmp_path: Path) -> None:
+    """Exchange sends RawData only to a client that does not verify its signed payloads (Nov
+    2023 SU); the check then reads Services through Select-Object, and says so."""
+    state = tmp_path / "rawdata-only.yaml"
+    text = (STATES / "kb-2888788.yaml").read_text(encoding="utf-8")
+    state.write_text(text.replace("behaviour:\n", "behaviour:\n  serialization_data: false\n", 1),
+                     encoding="utf-8")
+    assert "serialization_data: false" in state.read_text(encoding="utf-8")
+    code, report = check_json("--lab-state", str(state))
+    assert code == 2
+    (server,) = report["servers"]
+    assert {c["services_source"] for c in server["certificates"]} == {"select-object"}
+    assert "SERVICES_UNKNOWN" not in codes(server)
+    assert {"SMTP_MIXED_TRUST_BINDING", "OUTBOUND_CERT_UNTRUSTED"} <= codes(server)
+    assert any("Select-Object" in note for note in server["notes"])
