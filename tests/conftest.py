@@ -1,3 +1,7 @@
-"""Shared pytest configuration: database fixtures for SQLite and PostgreSQL."""
+"""Shared pytest configuration: database fixtures, and log capture for the secret scan."""
+
+from tests import secret_scan
 
 pytest_plugins = ["tests.conftest_db"]
+
+secret_scan.install()
