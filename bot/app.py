@@ -4,6 +4,10 @@ Secrets come only from the environment (``SLACK_BOT_TOKEN``, ``SLACK_APP_TOKEN``
 Mode, ``SLACK_SIGNING_SECRET`` for HTTP mode) and are never logged or shown: :class:`SlackSecrets`
 hides them from ``repr``. ``SLACK_API_URL`` (else ``slack.api_url``) replaces the Web API base
 URL. The Web API client retries connection errors and honours 429 ``Retry-After``.
+
+With storage (``run_bot`` always opens ``storage.url``), the bot keeps results in the database
+and runs the scheduled health posts and the expiry sweep (:mod:`bot.schedule`) as one replica
+among any number (:mod:`bot.replicas`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Final, Literal, TextIO
 
 from slack_bolt import App
@@ -29,7 +34,18 @@ from slack_sdk.http_retry.builtin_handlers import (
 from bot.analysis.trust import TrustStore
 from bot.config import ServerSettings, Settings
 from bot.exchange.session import Credentials, SessionCache, credentials_from_environment
-from bot.service import BotService
+from bot.remediation_service import RemediationService, utc_now
+from bot.replicas import (
+    ReplicaSettingError,
+    Storage,
+    StorageError,
+    claim_lease,
+    open_storage,
+    replica_id,
+    secret_values,
+)
+from bot.schedule import ExpiredCallback, ScheduleRunner, web_client_poster
+from bot.service import BotService, RepositoryResultStore
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +123,7 @@ def build_app(
     *,
     mode: Mode,
     signing_secret: str | None = None,
+    remediation: RemediationService | None = None,
 ) -> App:
     """The Bolt app with every listener registered. HTTP mode verifies each request's signature.
 
@@ -134,7 +151,7 @@ def build_app(
         )
     except BoltError as error:
         raise BotStartError(f"Slack refused the bot token or is unreachable: {error}") from None
-    register_handlers(app, service)
+    register_handlers(app, service, remediation)
     return app
 
 
@@ -156,14 +173,29 @@ class BotRuntime:
     app: App
     secrets: SlackSecrets
     mode: Mode
+    storage: Storage | None = None
+    schedules: ScheduleRunner | None = None
+    """The scheduled posts and expiry sweep (with storage); started by :meth:`start_schedules`."""
+    remediation: RemediationService | None = None
+    """Request cards, clicks, runs, freeze and audit (with storage)."""
+
+    def start_schedules(self) -> None:
+        """Start the scheduled posts and the expiry sweep (no-op without storage)."""
+        if self.schedules is not None:
+            self.schedules.start()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Let running jobs finish (up to ``timeout``), tell queued ones, close the sessions."""
+        """Stop the scheduler after the scheduled post in progress (if any), let running jobs
+        finish (up to ``timeout``), tell queued ones, close the sessions and the storage."""
         try:
+            if self.schedules is not None:
+                self.schedules.shutdown(wait=True)
             if not self.service.close(timeout):
                 log.warning("jobs still running after %.0f s; stopping anyway", timeout)
         finally:
             self.service.cache.close_all()
+            if self.storage is not None:
+                self.storage.close()
 
 
 def build_runtime(
@@ -175,8 +207,22 @@ def build_runtime(
     trust: TrustStore | None = None,
     credentials: Callable[[ServerSettings], Credentials] | None = None,
     service_factory: Callable[..., BotService] = BotService,
+    storage: Storage | None = None,
+    replica: str | None = None,
+    lease: timedelta | None = None,
+    on_expired: ExpiredCallback | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> BotRuntime:
-    """Assemble the bot from its settings and environment (overrides for the demo and tests)."""
+    """Assemble the bot from its settings and environment (overrides for the demo and tests).
+
+    With ``storage``: results in the database and a (not yet started) scheduler whose claims
+    name ``replica`` (default :func:`~bot.replicas.replica_id`) with ``lease`` (default
+    :func:`~bot.replicas.claim_lease`); ``on_expired`` gets the requests each expiry sweep
+    closed (for updating their cards; default: the remediation service's). Also with
+    ``storage``: the remediation service (request cards after each check, the buttons,
+    ``audit`` / ``freeze`` / ``unfreeze``), deciding and running at ``clock`` (tests), which
+    starts by recovering what a dead process left (in the background).
+    """
     from bot.runner import CheckRunError, trust_store_for
 
     secrets = secrets or secrets_from_environment(mode, environ)
@@ -192,12 +238,60 @@ def build_runtime(
         credentials=credentials or (lambda server: credentials_from_environment(server, env)),
     )
     service = service_factory(settings, client, trust=trust, cache=cache)
+    schedules: ScheduleRunner | None = None
+    remediation: RemediationService | None = None
     try:
-        app = build_app(client, service, mode=mode, signing_secret=secrets.signing_secret)
+        if storage is not None:
+            remediation = _remediation_service(settings, storage, service, client, env,
+                                               replica=replica, clock=clock)
+            on_expired = on_expired or remediation.requests_expired
+            service.results = RepositoryResultStore(storage.repository)
+            schedules = _schedule_runner(settings, storage, service, client, env,
+                                         replica=replica, lease=lease, on_expired=on_expired)
+            service.schedules = schedules
+        app = build_app(client, service, mode=mode, signing_secret=secrets.signing_secret,
+                        remediation=remediation)
     except BaseException:
         service.close(0)
         raise
-    return BotRuntime(settings, client, service, app, secrets, mode)
+    if remediation is not None:
+        remediation.start()
+    return BotRuntime(settings, client, service, app, secrets, mode, storage, schedules,
+                      remediation)
+
+
+def _remediation_service(
+    settings: Settings, storage: Storage, service: BotService, client: WebClient,
+    env: Mapping[str, str], *, replica: str | None, clock: Callable[[], datetime] | None,
+) -> RemediationService:
+    """Remediation in Slack, wired into the service: its status, its report hook."""
+    try:
+        owner = replica or replica_id(env)
+    except ReplicaSettingError as error:
+        raise BotStartError(str(error)) from None
+    remediation = RemediationService(settings, client, service, storage.repository,
+                                     storage.audit, owner=owner, clock=clock or utc_now)
+    service.remediation = remediation
+    service.report_hooks.append(remediation.report_posted)
+    return remediation
+
+
+def _schedule_runner(
+    settings: Settings, storage: Storage, service: BotService, client: WebClient,
+    env: Mapping[str, str], *, replica: str | None, lease: timedelta | None,
+    on_expired: ExpiredCallback | None,
+) -> ScheduleRunner:
+    """The scheduled posts of this replica: checks through the service (its sessions and trust
+    store), posts through the Web API client."""
+    try:
+        return ScheduleRunner(
+            settings, storage.repository, run_check=service.check_servers,
+            post=web_client_poster(client), owner=replica or replica_id(env),
+            claim_lease=lease or claim_lease(env), on_expired=on_expired)
+    except ReplicaSettingError as error:
+        raise BotStartError(str(error)) from None
+    except ValueError as error:  # a schedule whose trigger cannot be built
+        raise BotStartError(f"{settings.source}: {error}") from None
 
 
 @contextmanager
@@ -230,10 +324,16 @@ def run_bot(
     from bot.http_server import BotHTTPServer
     from bot.socket_mode import SocketModeConnection
 
+    storage: Storage | None = None
     try:
         settings = load_settings(config_path, environ)
-        runtime = build_runtime(settings, mode=mode, environ=environ)
-    except (ConfigError, BotStartError) as error:
+        secrets = secrets_from_environment(mode, environ)
+        storage = open_storage(settings, secrets=secret_values(settings, environ))
+        runtime = build_runtime(settings, mode=mode, environ=environ, secrets=secrets,
+                                storage=storage)
+    except (ConfigError, BotStartError, StorageError) as error:
+        if storage is not None:
+            storage.close()
         err.write(f"exchange-tls bot: {error}\n")
         return EXIT_CANNOT_START
     stop = stop or threading.Event()
@@ -254,7 +354,7 @@ def run_bot(
             server.start()
             out.write(f"exchange-tls bot: HTTP mode, listening on {server.events_url} "
                       f"(health: {server.url}/healthz); {len(settings.servers)} servers "
-                      "configured\n")
+                      f"configured; {_replica_text(runtime)}\n")
         else:
             assert runtime.secrets.app_token is not None
             connection = SocketModeConnection(runtime.app, runtime.secrets.app_token)
@@ -264,8 +364,10 @@ def run_bot(
                 err.write(f"exchange-tls bot: {error}\n")
                 return EXIT_CANNOT_START
             out.write(f"exchange-tls bot: connected to Slack over Socket Mode; "
-                      f"{len(settings.servers)} servers configured\n")
+                      f"{len(settings.servers)} servers configured; "
+                      f"{_replica_text(runtime)}\n")
         out.flush()
+        runtime.start_schedules()
         stop.wait()
         out.write("exchange-tls bot: stopping\n")
         out.flush()
@@ -280,6 +382,14 @@ def run_bot(
 
 
 EXIT_CANNOT_START: Final = 3
+
+
+def _replica_text(runtime: BotRuntime) -> str:
+    if runtime.schedules is None:
+        return "no storage"
+    count = len(runtime.schedules.schedules)
+    return (f"{count} scheduled {'post' if count == 1 else 'posts'}; "
+            f"replica {runtime.schedules.owner}")
 
 
 def _health(runtime: BotRuntime) -> dict[str, object]:

@@ -95,6 +95,24 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lab-state", metavar="FILE", help="lab state file (default: the KB fault)")
     demo.add_argument("--color", choices=("auto", "always", "never"), default="auto")
 
+    audit = commands.add_parser("audit", help="export or verify the audit trail")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True,
+                                          parser_class=_Parser)
+    export = audit_commands.add_parser(
+        "export", help="write the audit trail as JSON lines (every field, with its hashes)"
+    )
+    export.add_argument("--format", choices=("jsonl",), default="jsonl")
+    export.add_argument("--config", help="configuration file (else $EXCHANGE_TLS_CONFIG)")
+    export.add_argument("--request", metavar="REQUEST-ID", help="only this request's events")
+    verify = audit_commands.add_parser(
+        "verify", help="check the hash chain: exit 0 intact, 1 broken (the first broken "
+        "sequence is printed), 2 could not check"
+    )
+    source = verify.add_mutually_exclusive_group()
+    source.add_argument("--config", help="configuration file (else $EXCHANGE_TLS_CONFIG): "
+                        "verify the database")
+    source.add_argument("--file", metavar="JSONL", help="verify an export instead")
+
     manifest = commands.add_parser("slack-manifest", help="print the Slack app manifest")
     manifest.add_argument(
         "--request-url",
@@ -194,6 +212,62 @@ def _run_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     )
 
 
+def _audit_storage_url(config: str | None, err: TextIO) -> str | None:
+    """The configured ``storage.url``, when it can be read (an SQLite file must exist: the
+    audit commands only read, they never create a database)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from bot.config import ConfigError, load_settings
+
+    try:
+        url = load_settings(config).storage.url
+    except ConfigError as error:
+        err.write(f"exchange-tls audit: {error}\n")
+        return None
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        err.write("exchange-tls audit: storage.url is not a database URL\n")
+        return None
+    database = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:") \
+            and not Path(database).is_file():
+        err.write(f"exchange-tls audit: no database at {database} (storage.url)\n")
+        return None
+    return url
+
+
+def _run_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot.audit_commands import EXIT_INTACT, EXIT_UNCHECKED, audit_export, audit_verify
+    from bot.commands import REQUEST_ID_PATTERN
+
+    if args.audit_command == "verify" and args.file:
+        code, text = audit_verify(jsonl_path=args.file)
+        (err if code == EXIT_UNCHECKED else out).write(text + "\n")
+        return code
+    request = getattr(args, "request", None)
+    if request is not None and not REQUEST_ID_PATTERN.match(request):
+        err.write("exchange-tls audit: --request needs a request id such as R-ABCDEFGHJK\n")
+        return EXIT_USAGE
+    url = _audit_storage_url(args.config, err)
+    if url is None:
+        return EXIT_UNCHECKED
+    if args.audit_command == "verify":
+        code, text = audit_verify(url)
+        (err if code == EXIT_UNCHECKED else out).write(text + "\n")
+        return code
+    try:
+        audit_export(url, out, request_id=request)
+    except SQLAlchemyError as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        err.write(f"exchange-tls audit: cannot read the audit trail: {first}\n")
+        return EXIT_UNCHECKED
+    return EXIT_INTACT
+
+
 def _run_manifest(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from bot.render.manifest import manifest_yaml
 
@@ -226,6 +300,7 @@ def main(
         "lab": _run_lab,
         "bot": _run_bot,
         "demo": _run_demo,
+        "audit": _run_audit,
         "slack-manifest": _run_manifest,
     }
     try:

@@ -2,15 +2,21 @@
 
 In one process: the lab (a simulated Exchange organisation over real WinRM/PSRP), the Slack
 stand-in (Web API and Socket Mode), and between them the real bot (the Bolt app, the listeners,
-the service) connected over Socket Mode as in production. The conversation is printed as a chat
-transcript. :class:`DemoSession` is the driver: :meth:`~DemoSession.command` types a slash
-command, :meth:`~DemoSession.press` clicks a button of a message the bot posted.
+the service) connected over Socket Mode as in production, with its storage (a SQLite file in a
+temporary directory) and an approver. The conversation is printed as a chat transcript.
+:class:`DemoSession` is the driver: :meth:`~DemoSession.command` types a slash command,
+:meth:`~DemoSession.press` clicks a button of a message the bot posted (as you, or as the demo
+approver). The scripted demo goes through the whole flow: the check, the request card, your own
+approval refused (a requester cannot approve their own request), the approver's approval, the
+run with each step read back, the verification (the queue to Exchange Online drains), and the
+audit trail.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -18,7 +24,15 @@ from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
 from bot.app import BotRuntime, SlackSecrets, build_runtime
-from bot.config import ServerSettings, Settings, SlackSettings, TrustSettings
+from bot.config import (
+    ApprovalSettings,
+    ServerSettings,
+    Settings,
+    SlackSettings,
+    StorageSettings,
+    TrustSettings,
+)
+from bot.replicas import open_storage
 from bot.replies import SLASH_COMMAND
 from bot.runner import LabTarget, running_lab, trust_store_for
 from bot.slack_standin import (
@@ -42,9 +56,14 @@ from bot.transcript import (
     format_entry,
 )
 
-SCRIPT: Final[tuple[str, ...]] = ("help", "check", "status")
+SCRIPT: Final[tuple[str, ...]] = (
+    "help", "check", "press Approve", "press Approve as Sam", "audit", "status",
+)
+"""What the scripted demo types: commands, and ``press LABEL [as NAME]`` clicks."""
 DEMO_CHANNEL_NAME: Final = "exchange-ops"
 DEMO_USER_NAME: Final = "Alex Admin"
+DEMO_APPROVER_ID: Final = "U0APPROVER"
+DEMO_APPROVER_NAME: Final = "Sam Approver"
 ACK_TIMEOUT: Final = 3.0
 WORK_TIMEOUT: Final = 120.0
 _POSTING_METHODS: Final = ("chat.postMessage", "chat.update", "chat.postEphemeral")
@@ -72,11 +91,13 @@ class DemoSession:
         lab_state: str | None = None,
         channel_id: str = DEFAULT_CHANNEL_ID,
         user_id: str = DEFAULT_USER_ID,
+        approver_id: str = DEMO_APPROVER_ID,
     ) -> None:
         self.out = out
         self.style = style or TranscriptStyle()
         self.channel_id = channel_id
         self.user_id = user_id
+        self.approver_id = approver_id
         self._lab_state = lab_state
         self._stack = ExitStack()
         self._cursor = _Cursor()
@@ -91,13 +112,21 @@ class DemoSession:
             self.lab = self._stack.enter_context(running_lab(self._lab_state))
             self.slack = self._stack.enter_context(SlackStandIn(
                 channels=[StandInChannel(self.channel_id, DEMO_CHANNEL_NAME)],
-                users=[StandInUser(self.user_id, "alex", DEMO_USER_NAME, is_admin=True)],
+                users=[StandInUser(self.user_id, "alex", DEMO_USER_NAME, is_admin=True),
+                       StandInUser(self.approver_id, "sam", DEMO_APPROVER_NAME)],
             ))
+            directory = self._stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="exchange-tls-demo-"))
             settings = Settings(
                 servers=self.lab.servers,
                 slack=SlackSettings(api_url=self.slack.api_url),
+                approval=ApprovalSettings(approvers=(self.user_id, self.approver_id),
+                                          admins=(self.user_id,)),
+                storage=StorageSettings(url=f"sqlite:///{directory}/exchange-tls-demo.db"),
                 source="the demo",
             )
+            storage = open_storage(settings, secrets=(
+                DEFAULT_BOT_TOKEN, DEFAULT_APP_TOKEN, self.lab.credentials.password or ""))
             self.runtime = build_runtime(
                 settings,
                 mode="socket",
@@ -105,6 +134,8 @@ class DemoSession:
                 secrets=SlackSecrets(DEFAULT_BOT_TOKEN, DEFAULT_APP_TOKEN, None),
                 trust=trust_store_for(TrustSettings(), self.lab.public_roots),
                 credentials=lambda _server: self.lab.credentials,
+                storage=storage,
+                replica="demo",
             )
             self._stack.callback(self.runtime.close, 10.0)
             connection = SocketModeConnection(self.runtime.app, DEFAULT_APP_TOKEN)
@@ -136,6 +167,7 @@ class DemoSession:
     def _names(self) -> dict[str, str]:
         return {
             self.user_id: DEMO_USER_NAME,
+            self.approver_id: DEMO_APPROVER_NAME,
             self.slack.bot_user_id: self.slack.bot_name,
             self.channel_id: DEMO_CHANNEL_NAME,
         }
@@ -148,8 +180,35 @@ class DemoSession:
             "exchange-tls demo: the real bot between a simulated Exchange organisation\n"
             f"  lab:   {servers} over WinRM/PSRP at {self.servers[0].url.rsplit('/', 2)[0]}/\n"
             f"  slack: a stand-in workspace at {self.slack.base_url} (Socket Mode)\n"
-            f"  you:   {DEMO_USER_NAME} in #{DEMO_CHANNEL_NAME}\n"
+            f"  you:   {DEMO_USER_NAME} in #{DEMO_CHANNEL_NAME}; the approver: "
+            f"{DEMO_APPROVER_NAME} (`press LABEL as Sam`)\n"
         )
+
+    def run_line(self, line: str) -> None:
+        """One line as typed: ``press LABEL [as NAME]``, or a command (``/exchange-tls``
+        optional)."""
+        words = line.strip()
+        if words.casefold().startswith("press "):
+            label, _, name = words[6:].partition(" as ")
+            user = self.user_named(name) if name.strip() else self.user_id
+            if user is None:
+                self.say(f"    (nobody called {name.strip()!r} here: try "
+                         f"{DEMO_APPROVER_NAME.split()[0]})\n")
+                return
+            self.press(label, user_id=user)
+        elif words.startswith(SLASH_COMMAND):
+            self.command(words[len(SLASH_COMMAND):])
+        elif words.startswith("/"):
+            self.say(f"    (only {SLASH_COMMAND} is installed in this workspace)\n")
+        else:
+            self.command(words)
+
+    def user_named(self, name: str) -> str | None:
+        """The demo user whose display name starts with ``name`` (case-insensitive)."""
+        wanted = name.strip().casefold()
+        people = {self.user_id: DEMO_USER_NAME, self.approver_id: DEMO_APPROVER_NAME}
+        return next((user for user, full in people.items()
+                     if wanted and full.casefold().startswith(wanted)), None)
 
     def command(self, text: str) -> None:
         """Type ``/exchange-tls TEXT``, print the acknowledgement and everything that follows."""
@@ -168,18 +227,21 @@ class DemoSession:
         self._print_ack(ack)
         self._print_follow_ups()
 
-    def press(self, label: str) -> bool:
-        """Click the newest button labelled ``label``; False when there is none."""
+    def press(self, label: str, *, user_id: str | None = None) -> bool:
+        """Click the newest button labelled ``label`` (as ``user_id``, default you); False
+        when there is none."""
         found = self.find_button(label)
         if found is None:
             self.say(f"    (no button labelled {label!r} in the conversation)\n")
             return False
         ts, button = found
-        self._entry(ChatEntry(time.time(), DEMO_USER_NAME, "user", f"pressed [ {button.label} ]"))
+        user = user_id or self.user_id
+        who = self._names().get(user, user)
+        self._entry(ChatEntry(time.time(), who, "user", f"pressed [ {button.label} ]"))
         assert self.slack.socket_mode is not None
         envelope = self.slack.send_block_action(
             action_id=button.action_id, channel_id=self.channel_id, message_ts=ts,
-            value=button.value, user_id=self.user_id,
+            value=button.value, user_id=user,
         )
         try:
             ack = self.slack.socket_mode.wait_for_ack(envelope, timeout=ACK_TIMEOUT)
@@ -220,9 +282,15 @@ class DemoSession:
         calls = self.slack.calls()
         responses = self.slack.responses()
         entries: list[ChatEntry] = []
-        for call in calls[self._cursor.calls:]:
+        fresh = calls[self._cursor.calls:]
+        last_update = {(str(c.args.get("channel")), str(c.args.get("ts"))): index
+                       for index, c in enumerate(fresh) if c.method == "chat.update"}
+        for index, call in enumerate(fresh):
             if call.method not in _POSTING_METHODS or not call.ok:
                 continue
+            key = (str(call.args.get("channel")), str(call.args.get("ts")))
+            if call.method == "chat.update" and last_update[key] != index:
+                continue  # a card updated at every step: only its latest state is printed
             where: Where = (
                 "ephemeral" if call.method == "chat.postEphemeral"
                 else "edited" if call.method == "chat.update"
@@ -252,7 +320,8 @@ class DemoSession:
 
 INTERACTIVE_HELP: Final = (
     "Type what you would type in Slack, e.g. `/exchange-tls check EX01` (the /exchange-tls\n"
-    "prefix is optional). `press LABEL` clicks a button the bot showed. `quit` ends the demo.\n"
+    "prefix is optional). `press LABEL` clicks a button the bot showed, `press LABEL as Sam`\n"
+    "clicks it as the approver. `quit` ends the demo.\n"
 )
 
 
@@ -271,14 +340,7 @@ def run_interactive(session: DemoSession, stdin: TextIO, *, prompt: bool) -> Non
             continue
         if words.casefold() in ("quit", "exit", ":q", "bye"):
             break
-        if words.casefold().startswith("press "):
-            session.press(words[6:])
-        elif words.startswith(SLASH_COMMAND):
-            session.command(words[len(SLASH_COMMAND):])
-        elif words.startswith("/"):
-            session.say(f"    (only {SLASH_COMMAND} is installed in this workspace)\n")
-        else:
-            session.command(words)
+        session.run_line(words)
 
 
 @contextmanager
@@ -314,8 +376,8 @@ def run_demo(
             if interactive:
                 run_interactive(session, stdin, prompt=stdin.isatty())
             else:
-                for text in script:
-                    session.command(text)
+                for line in script:
+                    session.run_line(line)
                 session.say("Try `exchange-tls demo --interactive` to type commands yourself.")
     except BrokenPipeError:
         raise

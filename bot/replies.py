@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
-from bot.analysis.model import ServerAnalysis
+from bot.analysis.model import FindingCode, ServerAnalysis
 from bot.analysis.verdict import server_verdict
 from bot.commands import (
     AuditCommand,
@@ -30,6 +30,7 @@ from bot.commands import (
     parse_command,
 )
 from bot.config import Settings
+from bot.health import StoredResult
 from bot.remediation.policy import Actor, Decision, may_run_check
 from bot.render.blocks import (
     MAX_BLOCKS_PER_MESSAGE,
@@ -48,6 +49,8 @@ from bot.render.blocks import (
 
 SLASH_COMMAND: Final = "/exchange-tls"
 BackgroundCommand = CheckCommand | StatusCommand
+RemediationCommand = AuditCommand | FreezeCommand | UnfreezeCommand
+"""Commands the remediation service runs (:mod:`bot.remediation_service`)."""
 _USER_ID: Final = re.compile(r"^[UW][A-Z0-9]{2,30}$")
 _NAMED_IN_ACK: Final = 3
 
@@ -59,14 +62,18 @@ class Interpretation:
     command: Command
     decision: Decision
     ack: SlackMessage
-    work: BackgroundCommand | None
+    work: BackgroundCommand | RemediationCommand | None
 
 
 def interpret_command(
     text: str, *, actor: Actor, channel_id: str, settings: Settings,
-    slash_command: str = SLASH_COMMAND,
+    slash_command: str = SLASH_COMMAND, remediation: bool = False,
 ) -> Interpretation:
-    """Parse and authorise a slash command and say what to acknowledge with."""
+    """Parse and authorise a slash command and say what to acknowledge with.
+
+    ``remediation``: the bot has storage, so ``audit``, ``freeze`` and ``unfreeze`` are work
+    for the remediation service (without it they answer that they are not available).
+    """
     command = parse_command(text, settings.server_names)
     decision = may_run_check(actor, channel_id, settings.slack)
     if not decision.allowed:
@@ -77,9 +84,19 @@ def interpret_command(
         return Interpretation(
             command, decision, message(":bar_chart: Gathering the status…", []), command
         )
+    if remediation and isinstance(command, AuditCommand | FreezeCommand | UnfreezeCommand):
+        return Interpretation(command, decision, message(_REMEDIATION_ACKS[type(command)], []),
+                              command)
     return Interpretation(
         command, decision, immediate_answer(command, settings.server_names, slash_command), None
     )
+
+
+_REMEDIATION_ACKS: Final[dict[type, str]] = {
+    AuditCommand: ":lock: Reading the audit trail…",
+    FreezeCommand: ":ice_cube: Freezing remediation…",
+    UnfreezeCommand: ":arrow_forward: Unfreezing remediation…",
+}
 
 
 def check_ack_text(command: CheckCommand) -> str:
@@ -169,15 +186,31 @@ def status_summary(analysis: ServerAnalysis) -> str:
     """A short plain-text note on one server's last result, for ``status``."""
     if not analysis.reachable:
         return f"unreachable: {truncate_text(analysis.error or 'no reason given', 160)}"
-    if not analysis.findings:
+    return _findings_note([(f.severity, str(f.code)) for f in analysis.findings],
+                          server_verdict(analysis))
+
+
+def stored_status_summary(result: StoredResult) -> str:
+    """:func:`status_summary` of a result kept in the database (by any replica)."""
+    if not result.reachable:
+        reason = next((f.summary for f in result.findings
+                       if f.code == FindingCode.SERVER_UNREACHABLE), "")
+        prefix = f"Server {result.server} could not be checked: "
+        reason = reason.removeprefix(prefix) if reason.startswith(prefix) else reason
+        return f"unreachable: {truncate_text(reason or 'no reason given', 160)}"
+    return _findings_note([(f.severity, f.code) for f in result.findings], result.verdict)
+
+
+def _findings_note(findings: Sequence[tuple[str, str]], worst: str) -> str:
+    """``2 critical, 1 warning (CODE, CODE)``: counts, and the codes of the worst severity."""
+    if not findings:
         return "no findings"
     counts = [
-        f"{sum(1 for f in analysis.findings if f.severity == severity)} {severity}"
-        for severity in ("critical", "warning", "info")
-        if any(f.severity == severity for f in analysis.findings)
+        f"{sum(1 for severity, _ in findings if severity == wanted)} {wanted}"
+        for wanted in ("critical", "warning", "info")
+        if any(severity == wanted for severity, _ in findings)
     ]
-    worst = server_verdict(analysis)
-    codes = [str(f.code) for f in analysis.findings if f.severity == worst]
+    codes = [finding_code for severity, finding_code in findings if severity == worst]
     shown = ", ".join(codes[:3]) + (", …" if len(codes) > 3 else "")
     return ", ".join(counts) + (f" ({shown})" if shown else "")
 

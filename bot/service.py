@@ -5,7 +5,9 @@ of worker threads (``slack.workers``; a full queue is said, not dropped), starte
 commands stop arriving (:class:`QuietGate`: acknowledgements first), checks servers with
 :func:`bot.check.check_fleet` over one long-lived :class:`SessionCache`, posts the report (the
 first message to the channel, the rest into its thread) and keeps each server's last result
-for ``status`` in a :class:`ResultStore` (in memory here; a database repository can replace it).
+for ``status`` in a :class:`ResultStore`: in memory for one process, or
+:class:`RepositoryResultStore` in the database, where every replica sees every replica's
+results (scheduled posts' included). ``status`` also lists the scheduled posts and their next run.
 Every failure ends as a readable message to the person who asked: never silence.
 """
 
@@ -18,7 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 from urllib.parse import urlsplit
 
 from slack_sdk import WebClient
@@ -32,8 +34,10 @@ from bot.check import Clock, check_fleet, utc_now
 from bot.commands import CheckCommand, StatusCommand
 from bot.config import PlanScope, ServerSettings, Settings
 from bot.exchange.session import SessionCache
+from bot.health import decode_stored_result, findings_json
 from bot.render.blocks import (
     OpenRequest,
+    ScheduleStatus,
     ServerStatus,
     SlackMessage,
     render_error,
@@ -47,12 +51,18 @@ from bot.replies import (
     not_posted_notice,
     status_summary,
     stopped_notice,
+    stored_status_summary,
     with_requester,
 )
+from bot.schedule import NextRun
+from bot.storage.repository import Repository
 
 log = logging.getLogger(__name__)
 
 REPORT_TITLE: Final = "Exchange TLS check"
+CHECK_RESULT_SOURCE: Final = "check"
+"""``check_results.source`` of results of ``/exchange-tls check``."""
+VERDICTS: Final[frozenset[str]] = frozenset({"ok", "warning", "critical", "unknown"})
 SLACK_HOOKS_HOST: Final = "hooks.slack.com"
 
 
@@ -75,10 +85,12 @@ class LastResult:
     verdict: Verdict
     checked_at: datetime
     summary: str
+    findings_json: str | None = None
+    """The findings as :func:`bot.health.findings_json` keeps them, for stores that keep them."""
 
 
 class ResultStore(Protocol):
-    """Where the last result per server is kept (memory now; a repository later)."""
+    """Where the last result per server is kept."""
 
     def record(self, result: LastResult) -> None: ...
 
@@ -99,6 +111,43 @@ class InMemoryResultStore:
     def last(self, server: str) -> LastResult | None:
         with self._lock:
             return self._results.get(server.casefold())
+
+
+class RepositoryResultStore:
+    """The last result per server in the database: the latest stored check result of any
+    source (``/exchange-tls check`` on any replica, or a scheduled post)."""
+
+    def __init__(self, repository: Repository) -> None:
+        self._repository = repository
+
+    def record(self, result: LastResult) -> None:
+        self._repository.record_check_result(
+            result.server, checked_at=result.checked_at, verdict=result.verdict,
+            findings_json=result.findings_json or "{}", source=CHECK_RESULT_SOURCE)
+
+    def last(self, server: str) -> LastResult | None:
+        stored = self._repository.previous_check_result(server)
+        if stored is None:
+            return None
+        verdict = cast(Verdict, stored.verdict) if stored.verdict in VERDICTS else "unknown"
+        decoded = decode_stored_result(stored.findings_json)
+        return LastResult(
+            server=stored.server,
+            verdict=verdict,
+            checked_at=stored.checked_at,
+            summary=stored_status_summary(decoded) if decoded is not None else "",
+            findings_json=stored.findings_json,
+        )
+
+
+ReportHook = Callable[[FleetReport, Origin, str | None], object]
+"""Called after a check report was posted: (report, origin, ts of its first message)."""
+
+
+class ScheduleListing(Protocol):
+    """The scheduled posts for ``status`` (:class:`bot.schedule.ScheduleRunner`)."""
+
+    def next_runs(self) -> Sequence[NextRun]: ...
 
 
 class RemediationStatus(Protocol):
@@ -211,6 +260,7 @@ class BotService:
         webhook_factory: Callable[[str], WebhookClient] | None = None,
         report_title: str = REPORT_TITLE,
         gate: QuietGate | None = None,
+        schedules: ScheduleListing | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -220,6 +270,11 @@ class BotService:
         self.remediation: RemediationStatus = (
             remediation if remediation is not None else NoRemediation()
         )
+        self.schedules = schedules
+        """Listed by ``status`` (set once the scheduler is built: it checks through us)."""
+        self.report_hooks: list[ReportHook] = []
+        """Called after each check's report, with its ``ts`` (None: not posted); the
+        remediation requests and their cards hang here."""
         self._check_runner = check_runner
         self._clock = clock
         self._report_title = report_title
@@ -256,9 +311,10 @@ class BotService:
 
     # --- the work -------------------------------------------------------------------------
 
-    def run_check(self, servers: Sequence[ServerSettings], origin: Origin) -> FleetReport:
-        """Check now, remember the results, and post the report."""
-        report = self._check_runner(
+    def check_servers(self, servers: Sequence[ServerSettings]) -> FleetReport:
+        """Check now, over the bot's sessions and trust store; nothing is recorded or posted
+        (the scheduled posts' ``run_check``)."""
+        return self._check_runner(
             servers,
             self.cache,
             self.trust,
@@ -266,14 +322,25 @@ class BotService:
             clock=self._clock,
             plan_scope=self.settings.check.plan_scope,
         )
+
+    def run_check(self, servers: Sequence[ServerSettings], origin: Origin) -> FleetReport:
+        """Check now, remember the results, and post the report."""
+        report = self.check_servers(servers)
         for analysis in report.servers:
-            self.results.record(LastResult(
-                server=analysis.name,
-                verdict=server_verdict(analysis),
-                checked_at=analysis.taken_at or report.generated_at,
-                summary=status_summary(analysis),
-            ))
-        self.post_report(report, origin)
+            checked_at = analysis.taken_at or report.generated_at
+            try:
+                self.results.record(LastResult(
+                    server=analysis.name,
+                    verdict=server_verdict(analysis),
+                    checked_at=checked_at,
+                    summary=status_summary(analysis),
+                    findings_json=findings_json(analysis, checked_at=checked_at, previous=None),
+                ))
+            except Exception:
+                log.exception("could not keep the result of %s for status", analysis.name)
+        ts = self.post_report(report, origin)
+        for hook in self.report_hooks:
+            hook(report, origin, ts)
         return report
 
     def post_report(self, report: FleetReport, origin: Origin) -> str | None:
@@ -316,7 +383,8 @@ class BotService:
         self.notify(origin, self.status_message())
 
     def status_message(self) -> SlackMessage:
-        """Configured servers with their last results, open requests and the freeze state."""
+        """Configured servers with their last results, open requests, the freeze state and,
+        when the scheduler runs, the scheduled posts with their next run."""
         servers = []
         for server in self.settings.servers:
             last = self.results.last(server.name)
@@ -326,8 +394,13 @@ class BotService:
                 checked_at=last.checked_at if last else None,
                 summary=last.summary if last else None,
             ))
+        schedules = None
+        if self.schedules is not None:
+            schedules = [ScheduleStatus(run.label, run.channel, run.next_fire_time)
+                         for run in self.schedules.next_runs()]
         return render_status(
-            servers, self.remediation.open_requests(), frozen=self.remediation.is_frozen()
+            servers, self.remediation.open_requests(), frozen=self.remediation.is_frozen(),
+            schedules=schedules,
         )
 
     def notify(self, origin: Origin, reply: SlackMessage) -> bool:
@@ -388,6 +461,11 @@ class BotService:
             self._closing = True
         self._pool.shutdown(wait=False)
         return self.wait_until_idle(timeout)
+
+    def submit(self, what: str, origin: Origin, work: Callable[[], object]) -> bool:
+        """Queue ``work`` on the pool (never blocks); False, and ``origin`` told why, when
+        it was not queued. A failure of ``work`` is told to ``origin``."""
+        return self._submit(what, origin, work)
 
     def _submit(self, what: str, origin: Origin, work: Callable[[], object]) -> bool:
         with self._changed:

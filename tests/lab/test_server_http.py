@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import socket
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -147,12 +148,15 @@ def test_ntlm_server_asks_for_ntlm_and_refuses_unauthenticated_encrypted_bodies(
 
 
 def test_chunked_bodies_are_refused(lab: LabServer) -> None:
-    conn = http.client.HTTPConnection(lab.host, lab.port, timeout=10)
-    conn.request("POST", "/PowerShell/", body=iter([b"<a/>"]),
-                 headers={**basic_header(lab), "Transfer-Encoding": "chunked"},
-                 encode_chunked=True)
-    response = conn.getresponse()
-    assert response.status == 411
+    # The whole request goes out in one write: the server answers 411 and closes without
+    # reading the body, which would otherwise race a client still sending chunks.
+    headers = "".join(f"{name}: {value}\r\n" for name, value in basic_header(lab).items())
+    request = (f"POST /PowerShell/ HTTP/1.1\r\nHost: {lab.host}\r\n{headers}"
+               "Transfer-Encoding: chunked\r\n\r\n4\r\n<a/>\r\n0\r\n\r\n").encode()
+    with socket.create_connection((lab.host, lab.port), timeout=10) as connection:
+        connection.sendall(request)
+        status_line = connection.makefile("rb").readline()
+    assert status_line.split()[1] == b"411"
 
 
 def test_request_count_counts_every_http_request(lab: LabServer) -> None:
