@@ -286,7 +286,8 @@ def run(concurrent: int, rounds: int, report_runs: int, clients: list[str],
             f'[slack]\napi_url = "{slack.api_url}"\nworkers = 4\n\n'
             f'[[servers]]\nname = "EX01"\nurl = "{lab.url_for("EX01")}"\nauth = "ntlm"\n'
             'username_env = "EX01_USER"\npassword_env = "EX01_PASSWORD"\n\n'
-            f'[trust]\nextra_public_roots = ["{roots}"]\n',
+            f'[trust]\nextra_public_roots = ["{roots}"]\n\n'
+            f'[storage]\nurl = "sqlite:///{Path(tmp) / "bot.db"}"\n',
             encoding="utf-8",
         )
         user = lab.users[0]

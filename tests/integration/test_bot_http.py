@@ -351,7 +351,8 @@ def test_bot_command_serves_http_from_its_configuration_until_stopped(
     config.write_text(
         f'[slack]\napi_url = "{bot.slack.api_url}"\n\n'
         f'[[servers]]\nname = "EX01"\nurl = "{bot.lab.url_for("EX01")}"\nauth = "ntlm"\n'
-        'username_env = "EX01_USER"\npassword_env = "EX01_PASSWORD"\n',
+        'username_env = "EX01_USER"\npassword_env = "EX01_PASSWORD"\n\n'
+        f'[storage]\nurl = "sqlite:///{tmp_path / "bot.db"}"\n',
         encoding="utf-8",
     )
     environ = {
