@@ -480,8 +480,10 @@ class ScheduleRunner:
                         "completed here (its lease is too short?)", schedule.label, fire_time)
         try:
             for analysis in report.servers:
+                # Filed under the fire time, not the (possibly late) moment of the check, so
+                # the next fire's "before fire_time" lookup finds it.
                 self._repository.record_check_result(
-                    analysis.name, checked_at=checked_at, verdict=server_verdict(analysis),
+                    analysis.name, checked_at=fire_time, verdict=server_verdict(analysis),
                     findings_json=findings_json(analysis, checked_at=checked_at,
                                                 previous=previous.get(analysis.name)),
                     source=schedule.source)

@@ -450,3 +450,23 @@ def test_expiry_sweep_runs_on_the_scheduler(new_repository: Callable[[], Reposit
     finally:
         replica.shutdown(wait=True)
     assert reported == [due.id]
+
+
+def test_a_late_post_is_still_what_the_next_fire_compares_with(
+        new_repository: Callable[[], Repository], slack: SlackStandIn,
+        post: PostMessage) -> None:
+    """Results are filed under their fire time: a post made late (here after the next fire time
+    had already passed) is still the one the next fire compares with."""
+    clock = ManualClock(T0 + timedelta(seconds=90))
+    check = FakeCheck([{"EX01": (MIXED,)}, {"EX01": (MIXED,)}], clock=clock)
+    replica = runner(settings(every_seconds=60, servers=("EX01",)), new_repository(), check,
+                     post, "only", clock, catch_up_on_start=False)
+    schedule_id = replica.schedules[0].id
+    first = replica.fire(schedule_id, T0)
+    clock.set(T0 + timedelta(seconds=95))
+    second = replica.fire(schedule_id, T0 + timedelta(seconds=60))
+    assert first.posted
+    assert second.posted
+    late, next_ = posts(slack)[:2]
+    assert "First scheduled check" in blocks_text(late)
+    assert "First scheduled check" not in blocks_text(next_)
