@@ -196,8 +196,9 @@ def run(servers: int, latency_ms: int, concurrency: int, repeats: int) -> str:
                     lines.append(f"machine during the fleet: {machine_busy:.2f} s busy of "
                                  f"{fleet_time * cpus:.2f} s; other processes used about "
                                  f"{max(0.0, machine_busy - client_cpu - lab_cpu):.2f} s")
-                    lines.append(f"fleet / single-server (cold) = {ratio:.2f}x (goal: <= 3x): "
-                                 f"{'PASS' if ratio <= 3 else 'FAIL'}")
+                    goal = (f"(goal: <= 3x): {'PASS' if ratio <= 3 else 'FAIL'}"
+                            if servers == 50 else "(the 3x goal is set for 50 servers)")
+                    lines.append(f"fleet / single-server (cold) = {ratio:.2f}x {goal}")
             finally:
                 lab.stop()
     lines.append(f"\nload average after: {os.getloadavg()[0]:.2f} (other processes on the "
