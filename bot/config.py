@@ -6,6 +6,7 @@ Secrets never live here: a server names the environment variables that hold its 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -13,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 AuthMethod = Literal["kerberos", "negotiate", "ntlm", "basic", "credssp"]
@@ -30,7 +31,40 @@ CONFIG_ENV_VAR = "EXCHANGE_TLS_CONFIG"
 
 
 class ConfigError(ValueError):
-    """The configuration is unusable; the message names the file, the key and the problem."""
+    """The configuration is unusable; the message names the file, the key and the problem.
+
+    Slack tokens and the ``user:password@`` part of URLs are masked in the message.
+    """
+
+    def __init__(self, message: str) -> None:
+        masked = _SLACK_TOKEN.sub("[a Slack token, not shown]", message)
+        super().__init__(_URL_CREDENTIALS.sub(r"\1***@", masked))
+
+
+_SLACK_TOKEN = re.compile(r"\bx(?:ox[a-z]|app)-[A-Za-z0-9-]+")
+_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s'\"/@]*@")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+(?:\[\d+\])?$")
+
+
+def _key_text(key: str) -> str:
+    """A TOML key for a message: as is when bare, else quoted (control characters escaped)."""
+    return key if _BARE_KEY.match(key) else repr(key)
+
+
+def _shown_url(url: str) -> str:
+    """``url`` quoted for a message, without any ``user:password@`` part."""
+    return repr(re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)?.*@", r"\1***@", url, flags=re.DOTALL))
+
+
+def _split_url(section: _Section, key: str, url: str) -> SplitResult:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:  # an unclosed IPv6 bracket or a port that is not a number
+        raise section.error(
+            key, f"{_shown_url(url)} is not a valid URL (an unclosed '[' or a bad port)"
+        ) from None
+    return parts
 
 
 @dataclass(frozen=True)
@@ -136,7 +170,7 @@ class _Section:
         self._used: set[str] = set()
 
     def _key(self, key: str) -> str:
-        return f"{self._path}.{key}" if self._path else key
+        return f"{self._path}.{_key_text(key)}" if self._path else _key_text(key)
 
     def error(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self._source}: {self._key(key)}: {problem}")
@@ -149,6 +183,8 @@ class _Section:
         if isinstance(value, bool) and kind in (int, float):
             raise self.error(key, f"expected a number, got {value!r}")
         if kind is float and isinstance(value, int):
+            if abs(value) > 2**53:
+                raise self.error(key, f"{value} is too large")
             return cast(T, float(value))
         if not isinstance(value, kind):
             raise self.error(key, f"expected {_kind_name(kind)}, got {_describe(value)}")
@@ -186,7 +222,8 @@ class _Section:
         maximum: float | None = None,
     ) -> Any:
         value = self.get(key, kind, kind(default))
-        if value <= 0 or (maximum is not None and value > maximum):
+        not_finite = isinstance(value, float) and not math.isfinite(value)
+        if not_finite or value <= 0 or (maximum is not None and value > maximum):
             limit = f" and at most {maximum:g}" if maximum is not None else ""
             raise self.error(key, f"must be greater than 0{limit} (got {value!r})")
         return value
@@ -242,23 +279,24 @@ def _server(data: Mapping[str, Any], index: int, source: str) -> ServerSettings:
             "at most 63, as Exchange's NetBIOS-style server names)",
         )
     url = section.get("url", str, "")
-    parts = urlsplit(url)
+    parts = _split_url(section, "url", url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise section.error(
-            "url", f"{url!r} is not an http(s) URL such as http://ex01.contoso.com/PowerShell/"
+            "url",
+            f"{_shown_url(url)} is not an http(s) URL such as http://ex01.contoso.com/PowerShell/",
         )
-    if parts.username or parts.password:
+    if parts.username or parts.password or "@" in parts.netloc:
         raise section.error("url", "must not contain credentials; use username_env/password_env")
-    try:
-        _ = parts.port
-    except ValueError:
-        raise section.error("url", f"{url!r} has an invalid port") from None
     auth = cast(AuthMethod, section.choice("auth", AUTH_METHODS, "kerberos"))
     username_env = section.optional_str("username_env")
     password_env = section.optional_str("password_env")
     for key, env_name in (("username_env", username_env), ("password_env", password_env)):
         if env_name is not None and not ENV_NAME_PATTERN.match(env_name):
-            raise section.error(key, f"{env_name!r} is not an environment variable name")
+            raise section.error(
+                key,
+                "is not an environment variable name (letters, digits and '_'): give the "
+                "variable's name, not the secret (the value is not shown)",
+            )
     if auth in ("basic", "ntlm", "credssp") and (username_env is None or password_env is None):
         raise section.error("username_env", f"auth {auth!r} needs username_env and password_env")
     encryption = section.choice("encryption", ("auto", "always", "never"), "auto")
@@ -330,11 +368,14 @@ def parse_settings(text: str, *, source: str = "<config>") -> Settings:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source}: not valid TOML: {error}") from None
+    except RecursionError:  # tomllib reads nested arrays and inline tables recursively
+        raise ConfigError(f"{source}: not valid TOML: nested too deeply") from None
     known_sections = {"slack", "servers", "check", "trust", "approval", "storage", "schedules"}
     for key in data:
         if key not in known_sections:
             raise ConfigError(
-                f"{source}: {key}: unknown section (known: {', '.join(sorted(known_sections))})"
+                f"{source}: {_key_text(key)}: unknown section "
+                f"(known: {', '.join(sorted(known_sections))})"
             )
 
     servers = tuple(
@@ -348,8 +389,11 @@ def parse_settings(text: str, *, source: str = "<config>") -> Settings:
 
     slack_section = _Section(_table(data, "slack", source), "slack", source)
     api_url = slack_section.optional_str("api_url")
-    if api_url is not None and urlsplit(api_url).scheme not in ("http", "https"):
-        raise slack_section.error("api_url", f"{api_url!r} is not an http(s) URL")
+    if api_url is not None and _split_url(slack_section, "api_url", api_url).scheme not in (
+        "http",
+        "https",
+    ):
+        raise slack_section.error("api_url", f"{_shown_url(api_url)} is not an http(s) URL")
     slack = SlackSettings(
         api_url=api_url,
         allowed_channels=slack_section.str_list(

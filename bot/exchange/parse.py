@@ -247,9 +247,8 @@ def _as_int(value: object) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,19}\s*", value):
-        return int(value)
-    return None
+    match = re.fullmatch(r"\s*(-?\d{1,19})\s*", value) if isinstance(value, str) else None
+    return int(match.group(1)) if match else None  # re's \s is wider than int()'s
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,15 +419,34 @@ def _identity_text(value: object) -> str | None:
 
 
 class _BoundedNrbfParser(nrbf.NRBFParser):  # type: ignore[misc]
-    """nrbf's parser, refusing null runs longer than their array.
+    """nrbf's parser with its work bounded by the size of the blob.
 
-    nrbf 0.1.2 expands ``ObjectNullMultiple`` counts without checking them against the array
-    length, so a corrupt blob could ask for gigabytes; this copy of its loop checks first.
+    nrbf 0.1.2 expands ``ObjectNullMultiple`` counts without checking them, so a 30-byte blob
+    declaring a 2**31-item array could ask for gigabytes of ``None``; and it resolves
+    references without memo, so ~800 bytes of arrays sharing references take 2**40 steps.
+    This copy of its array loop checks null runs against the array and a budget of values,
+    and reference resolution spends from the same budget.
     """
 
     _OBJECT_NULL = 10
     _OBJECT_NULL_MULTIPLE_256 = 13
     _OBJECT_NULL_MULTIPLE = 14
+    _MINIMUM_BUDGET = 100_000
+    _BUDGET_PER_BYTE = 32
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self._budget = max(self._MINIMUM_BUDGET, self._BUDGET_PER_BYTE * len(data))
+
+    def _spend(self, values: int) -> None:
+        self._budget -= values
+        if self._budget < 0:
+            raise nrbf.ParseError("too many values for the size of the stream "
+                                  "(null runs or shared references)")
+
+    def _resolve(self, value: Any) -> Any:
+        self._spend(1)
+        return super()._resolve(value)
 
     def _read_array_elements(self, length: int) -> list[Any]:
         items: list[Any] = []
@@ -444,6 +462,7 @@ class _BoundedNrbfParser(nrbf.NRBFParser):  # type: ignore[misc]
                          else self._i32())
                 if count < 0 or count > length - len(items):
                     raise nrbf.ParseError(f"null run of {count} exceeds its array at {position}")
+                self._spend(count)
                 items.extend([None] * count)
             else:
                 self._f.seek(position)
@@ -528,8 +547,9 @@ def _enum_parts(value: object) -> tuple[int | None, str | None, bool]:
     if isinstance(value, int):
         return value, None, True
     if isinstance(value, str):
-        if re.fullmatch(r"\s*\d{1,10}\s*", value):
-            return int(value), None, True
+        digits = re.fullmatch(r"\s*(\d{1,10})\s*", value)
+        if digits:  # re's \s is wider than int()'s: "0\x1f" matches, int("0\x1f") fails
+            return int(digits.group(1)), None, True
         return None, (value if value.strip() else None), True
     return None, None, False
 

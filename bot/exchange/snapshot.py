@@ -7,6 +7,7 @@ Values Exchange did not give us are ``None`` ("unknown"), never a guess.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -122,14 +123,25 @@ class TlsCertificateName:
     @classmethod
     def parse(cls, raw: str) -> TlsCertificateName:
         """Split ``<I>{issuer}<S>{subject}``; malformed text keeps ``issuer``/``subject`` None."""
-        text = raw.strip()
-        if text.upper().startswith("<I>") and "<S>" in text.upper():
-            split_at = text.upper().index("<S>")
-            issuer = text[3:split_at].strip()
-            subject = text[split_at + 3 :].strip()
-            if issuer and subject:
-                return cls(raw=raw, issuer=issuer, subject=subject)
-        return cls(raw=raw, issuer=None, subject=None)
+        split = split_tls_certificate_name(raw)
+        if split is None:
+            return cls(raw=raw, issuer=None, subject=None)
+        return cls(raw=raw, issuer=split[0], subject=split[1])
+
+
+_TLS_CERTIFICATE_NAME = re.compile(r"<I>(.*?)<S>(.*)", re.IGNORECASE | re.DOTALL)
+
+
+def split_tls_certificate_name(value: str) -> tuple[str, str] | None:
+    """``<I>issuer<S>subject`` -> (issuer, subject) (markers in any case), or None when malformed.
+
+    Matched in place: upper-casing first would shift positions for letters such as 'ß' -> 'SS'.
+    """
+    match = _TLS_CERTIFICATE_NAME.fullmatch(value.strip())
+    if match is None:
+        return None
+    issuer, subject = match.group(1).strip(), match.group(2).strip()
+    return (issuer, subject) if issuer and subject else None
 
 
 @dataclass(frozen=True)

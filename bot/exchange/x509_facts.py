@@ -125,7 +125,8 @@ def certificate_facts(der: bytes) -> X509Facts:
         raise CertificateParseError(f"not a DER X.509 certificate: {error}") from None
     try:
         return _facts_of(certificate, data)
-    except (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm) as error:
+    except (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm,
+            x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as error:
         raise CertificateParseError(f"unreadable X.509 certificate: {error}") from None
 
 
@@ -188,7 +189,7 @@ def _serial_hex(serial: int) -> str:
 def _extensions(certificate: x509.Certificate, problems: list[str]) -> x509.Extensions | None:
     try:
         return certificate.extensions
-    except ValueError as error:
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as error:
         problems.append(f"certificate extensions are unreadable ({error}); "
                         "names and key usages come from the subject only")
         return None

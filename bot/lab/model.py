@@ -25,7 +25,12 @@ from typing import Any
 
 from cryptography import x509
 
-from bot.exchange.snapshot import CertificateStatus, ExchangeService, RootCAType
+from bot.exchange.snapshot import (
+    CertificateStatus,
+    ExchangeService,
+    RootCAType,
+    split_tls_certificate_name,
+)
 from bot.lab.pki import IssuedCertificate, LabPKI
 from bot.lab.records import (
     CallLogEntry,
@@ -51,7 +56,6 @@ from bot.lab.state import (
     LabState,
     iis_bindings,
     parse_distinguished_name,
-    split_tls_certificate_name,
 )
 
 EXCHANGE_ONLINE_ENDPOINT = "104.47.51.110:25"

@@ -20,7 +20,7 @@ from typing import Literal, NoReturn
 
 import yaml
 
-from bot.exchange.snapshot import ExchangeService, RootCAType
+from bot.exchange.snapshot import ExchangeService, RootCAType, split_tls_certificate_name
 
 Behaviour = Literal["additive", "replace"]
 
@@ -554,19 +554,6 @@ def _cmdlet(node: _Node) -> str:
 
 def _is_identifier_string(value: str) -> bool:
     return value.upper().startswith("<I>") and "<S>" in value.upper()
-
-
-def split_tls_certificate_name(value: str) -> tuple[str, str] | None:
-    """``<I>issuer<S>subject`` -> (issuer, subject), or None when malformed."""
-    text = value.strip()
-    upper = text.upper()
-    if not upper.startswith("<I>") or "<S>" not in upper:
-        return None
-    split_at = upper.index("<S>")
-    issuer, subject = text[3:split_at].strip(), text[split_at + 3:].strip()
-    if not issuer or not subject:
-        return None
-    return issuer, subject
 
 
 # --------------------------------------------------------------------------- sections

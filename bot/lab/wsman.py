@@ -32,6 +32,9 @@ EXCHANGE_RESOURCE_URI = "http://schemas.microsoft.com/powershell/Microsoft.Excha
 SHELL_RESOURCE_URI = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell"
 """The generic shell resource URI: pypsrp's ``is_alive()`` sends its Get there."""
 
+MAX_OPERATION_TIMEOUT = 86400.0
+"""Seconds; longer OperationTimeouts (up to infinite ones) are refused, not waited for."""
+
 ANONYMOUS = "http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous"
 WSMAN_FAULT_ACTION = "http://schemas.dmtf.org/wbem/wsman/1/wsman/fault"
 ADDRESSING_FAULT_ACTION = "http://schemas.xmlsoap.org/ws/2004/08/addressing/fault"
@@ -333,6 +336,8 @@ def parse_request(body: bytes) -> WSManRequest:
         max_envelope_size = int(envelope_text) if envelope_text else None
     except ValueError:
         raise invalid_parameter("OperationTimeout or MaxEnvelopeSize") from None
+    if operation_timeout is not None and not operation_timeout <= MAX_OPERATION_TIMEOUT:
+        raise invalid_parameter("OperationTimeout or MaxEnvelopeSize")
 
     return WSManRequest(
         action=action,
@@ -527,7 +532,7 @@ def _parse_xml(body: bytes) -> ET.Element:
         raise invalid_xml()
     try:
         return ET.fromstring(body)  # noqa: S314 - UTF-8 without a DTD, checked above
-    except ET.ParseError:
+    except (ET.ParseError, ValueError, LookupError):  # declared encodings expat cannot use
         raise invalid_xml() from None
 
 
