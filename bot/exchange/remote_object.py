@@ -270,17 +270,7 @@ def _convert_pypsrp(converter: _Converter, value: object) -> object:
         types = tuple(str(type_name) for type_name in getattr(value, "_types", ()) or ())
         text = getattr(value, "_to_string", None)
         return RemoteObject(types, {}, text if isinstance(text, str) else None)
-    is_scalar, scalar = _plain_scalar(value)
-    if is_scalar:
-        return scalar
-    if isinstance(value, list | tuple):
-        return tuple(converter.convert(item) for item in value)
-    if isinstance(value, dict):
-        return RemoteObject((), {str(key): converter.convert(item) for key, item in value.items()},
-                            None)
-    if isinstance(value, queue.Queue):
-        return tuple(converter.convert(item) for item in _queue_items(value))
-    return str(value)
+    return _convert_plain(converter, value)
 
 
 def _pypsrp_generic(converter: _Converter, value: Any) -> object:
