@@ -28,6 +28,7 @@ from bot.slack_standin import DEFAULT_BOT_TOKEN, SlackStandIn, StoredMessage
 from bot.storage import upgrade
 from bot.storage.repository import Repository
 from bot.storage.schema import schedule_fires
+from tests.clocks import ManualClock
 
 pytest_plugins = ("tests.conftest_db",)
 
@@ -46,22 +47,6 @@ MIXED = Finding(FindingCode.SMTP_MIXED_TRUST_BINDING, "critical",
                 "Set-SendConnector -Identity 'Outbound' -TlsCertificateName x")
 WEAK = Finding(FindingCode.CERT_WEAK_SIGNATURE, "warning", "SHA-1 signature.", (INTERNAL_TP,),
                "Renew the certificate.")
-
-
-class ManualClock:
-    """A clock the test sets; every replica in a test may share it."""
-
-    def __init__(self, now: datetime) -> None:
-        self._now = now
-        self._lock = threading.Lock()
-
-    def __call__(self) -> datetime:
-        with self._lock:
-            return self._now
-
-    def set(self, now: datetime) -> None:
-        with self._lock:
-            self._now = now
 
 
 def real_clock() -> datetime:

@@ -58,6 +58,7 @@ from bot.slack_standin import (
 from bot.storage import upgrade
 from bot.storage.repository import Repository
 from bot.storage.schema import schedule_fires
+from tests.clocks import ManualClock
 
 pytest_plugins = ("tests.conftest_db",)
 
@@ -73,22 +74,6 @@ MIXED = Finding(FindingCode.SMTP_MIXED_TRUST_BINDING, "critical", "Mixed trust o
                 ("59" + "AB" * 19, "88" + "CD" * 19), "Set-SendConnector ...")
 WEAK = Finding(FindingCode.CERT_WEAK_SIGNATURE, "warning", "SHA-1 signature.", ("88" + "CD" * 19,),
                "Renew the certificate.")
-
-
-class ManualClock:
-    """A clock the test moves; shared by the replicas of a test."""
-
-    def __init__(self, now: datetime) -> None:
-        self._now = now
-        self._lock = threading.Lock()
-
-    def __call__(self) -> datetime:
-        with self._lock:
-            return self._now
-
-    def set(self, now: datetime) -> None:
-        with self._lock:
-            self._now = now
 
 
 def analysis(name: str, *findings: Finding) -> ServerAnalysis:

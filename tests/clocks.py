@@ -1,0 +1,22 @@
+"""Clocks tests set by hand, injected instead of sleeping."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+
+
+class ManualClock:
+    """A clock the test sets; every replica (thread) in a test may share it."""
+
+    def __init__(self, now: datetime) -> None:
+        self._now = now
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def set(self, now: datetime) -> None:
+        with self._lock:
+            self._now = now
