@@ -12,9 +12,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from bot.exchange.snapshot import ExchangeCertificate, TlsCertificateName
+from bot.exchange.x509_facts import windows_name
 
 NormalizedName = tuple[tuple[tuple[str, str], ...], ...]
 
@@ -157,44 +157,9 @@ def dn_equal(left: str, right: str) -> bool:
     return bool(a) and (a == b or a == tuple(reversed(b)))
 
 
-_DOTNET_KEYS = {
-    NameOID.COMMON_NAME: "CN",
-    NameOID.LOCALITY_NAME: "L",
-    NameOID.STATE_OR_PROVINCE_NAME: "S",
-    NameOID.ORGANIZATION_NAME: "O",
-    NameOID.ORGANIZATIONAL_UNIT_NAME: "OU",
-    NameOID.COUNTRY_NAME: "C",
-    NameOID.EMAIL_ADDRESS: "E",
-    NameOID.STREET_ADDRESS: "STREET",
-    NameOID.DOMAIN_COMPONENT: "DC",
-    NameOID.SERIAL_NUMBER: "SERIALNUMBER",
-    NameOID.GIVEN_NAME: "G",
-    NameOID.SURNAME: "SN",
-    NameOID.TITLE: "T",
-    NameOID.POSTAL_CODE: "PostalCode",
-}
-
-_DOTNET_QUOTE_CHARS = frozenset(',+="\n<>#;')
-
-
-def _dotnet_value(value: str) -> str:
-    if not value or value != value.strip() or any(c in _DOTNET_QUOTE_CHARS for c in value):
-        return '"' + value.replace('"', '""') + '"'
-    return value
-
-
 def dotnet_name(name: x509.Name) -> str:
     """A name as .NET's ``X500DistinguishedName.Name`` (and so Exchange) writes it."""
-    rdns: list[str] = []
-    for rdn in reversed(name.rdns):
-        parts = []
-        for attribute in rdn:
-            key = _DOTNET_KEYS.get(attribute.oid, f"OID.{attribute.oid.dotted_string}")
-            raw = attribute.value
-            value = raw if isinstance(raw, str) else raw.hex()
-            parts.append(f"{key}={_dotnet_value(value)}")
-        rdns.append(" + ".join(parts))
-    return ", ".join(rdns)
+    return windows_name(name)
 
 
 def tls_certificate_name_matches(name: TlsCertificateName, issuer: str, subject: str) -> bool:
