@@ -425,12 +425,14 @@ class _BoundedNrbfParser(nrbf.NRBFParser):  # type: ignore[misc]
     declaring a 2**31-item array could ask for gigabytes of ``None``; and it resolves
     references without memo, so ~800 bytes of arrays sharing references take 2**40 steps.
     This copy of its array loop checks null runs against the array and a budget of values,
-    and reference resolution spends from the same budget.
+    and reference resolution spends from the same budget. Byte arrays (a certificate's DER in
+    SerializationData) are read at once as ``bytes``, not value by value.
     """
 
     _OBJECT_NULL = 10
     _OBJECT_NULL_MULTIPLE_256 = 13
     _OBJECT_NULL_MULTIPLE = 14
+    _PRIMITIVE_BYTE = 2
     _MINIMUM_BUDGET = 100_000
     _BUDGET_PER_BYTE = 32
 
@@ -447,6 +449,22 @@ class _BoundedNrbfParser(nrbf.NRBFParser):  # type: ignore[misc]
     def _resolve(self, value: Any) -> Any:
         self._spend(1)
         return super()._resolve(value)
+
+    def _read_array_single_primitive(self) -> list[Any] | bytes:
+        object_id = self._i32()
+        length = self._i32()
+        primitive_type = self._u8()
+        if length < 0:
+            raise nrbf.ParseError(f"array of negative length {length}")
+        if primitive_type == self._PRIMITIVE_BYTE:
+            values: list[Any] | bytes = self._f.read(length)
+            if len(values) != length:
+                raise nrbf.ParseError(f"byte array of {length} runs past the end of the stream")
+        else:
+            self._spend(length)
+            values = [self._primitive(primitive_type) for _ in range(length)]
+        self.objects[object_id] = values
+        return values
 
     def _read_array_elements(self, length: int) -> list[Any]:
         items: list[Any] = []

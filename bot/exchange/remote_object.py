@@ -82,6 +82,7 @@ log = logging.getLogger(__name__)
 
 _MAX_DEPTH = 64
 _LIST_TAGS = frozenset({"LST", "IE", "STK", "QUE"})
+_CONTAINER_TAGS = _LIST_TAGS | {"DCT"}
 
 
 class ClixmlError(ValueError):
@@ -282,12 +283,18 @@ def _pypsrp_generic(converter: _Converter, value: Any) -> object:
             properties[str(name)] = converter.convert(item)
     carried: object = None
     for entry in value.property_sets or ():
-        if isinstance(entry, str) and entry.lstrip().startswith("<"):
+        if isinstance(entry, _ContainerItems):
+            items = tuple(converter.convert(item) for item in entry)
+            if not properties:
+                return items
+            carried = items
+        elif isinstance(entry, _ContainerEntries):
+            properties.update((key, converter.convert(item)) for key, item in entry.items())
+        elif isinstance(entry, str) and entry.lstrip().startswith("<"):
             container = _pypsrp_container(converter, entry)
             if container is None:
                 carried = entry
-                continue
-            if isinstance(container, tuple):
+            elif isinstance(container, tuple):
                 if not properties:
                     return container
                 carried = container
@@ -300,9 +307,10 @@ def _pypsrp_generic(converter: _Converter, value: Any) -> object:
 
 def _pypsrp_container(converter: _Converter,
                       xml_text: str) -> tuple[object, ...] | dict[str, object] | None:
-    """pypsrp 0.9 leaves Exchange's ``MultiValuedProperty`` lists as raw ``<LST>`` XML text.
+    """Plain pypsrp 0.9 leaves Exchange's ``MultiValuedProperty`` lists as raw ``<LST>`` text.
 
-    Their items are read here with a fresh pypsrp serializer. References to objects or type
+    (:class:`TolerantPypsrpSerializer` reads them in place.) Their items are read here with a
+    fresh serializer. References to objects or type
     names defined outside the list cannot be resolved (pypsrp did not keep them): such an item
     keeps its ToString but loses its type names or becomes ``None``.
     """
@@ -338,6 +346,14 @@ def _pypsrp_container(converter: _Converter,
                 entries[str(key)] = converter.convert(item)
         return entries
     return None
+
+
+class _ContainerItems(list[Any]):
+    """The items of a list pypsrp 0.9 has no type for (Exchange's ``MultiValuedProperty``)."""
+
+
+class _ContainerEntries(dict[str, Any]):
+    """The entries of a dictionary pypsrp 0.9 has no type for."""
 
 
 class _UnknownReferences(dict[str, Any]):
@@ -500,14 +516,16 @@ def _resolve_pypsrp_type(tag: str, type_names: list[str]) -> ObjectMeta | None:
 
 
 class TolerantPypsrpSerializer(PypsrpSerializer):
-    """pypsrp 0.9's serializer, reading unresolvable ``<Ref>``/``<TNRef>`` as ``None``/no types.
+    """pypsrp 0.9's serializer, reading Exchange's untyped lists and unresolvable references.
 
-    pypsrp 0.9 does not deserialize the items of Exchange's ``MultiValuedProperty`` lists, so
-    it never registers objects and type names defined inside them; a later ``<Ref>`` or
+    pypsrp 0.9 leaves the items of Exchange's ``MultiValuedProperty`` lists as XML text, so it
+    never registers objects and type names defined inside them; a later ``<Ref>`` or
     ``<TNRef>`` to one raises ``KeyError`` and loses the whole object. Real
     ``Get-SendConnector`` (SmartHosts -> SourceIPAddress) and ``Get-HybridConfiguration``
-    output does this. A client installs one instance on a runspace pool before opening it:
-    ``pool._serializer = pool._fragmenter.serializer = TolerantPypsrpSerializer()``.
+    output does this. This serializer reads such lists and dictionaries in place (as
+    ``_ContainerItems`` / ``_ContainerEntries``), and reads a reference it still cannot resolve
+    as ``None`` / no type names. A client installs one instance on a runspace pool before
+    opening it: ``pool._serializer = pool._fragmenter.serializer = TolerantPypsrpSerializer()``.
 
     It also reads without pypsrp's per-element cost: pypsrp 0.9.1 turns every nested element
     back into XML text (``ElementTree.tostring``) before looking at it, only to return that
@@ -555,12 +573,44 @@ class TolerantPypsrpSerializer(PypsrpSerializer):
         resolved: ObjectMeta | None = metadata
         if type(metadata) is ObjectMeta and metadata.object is None:
             resolved = _resolve_pypsrp_type(metadata.tag, type_names)
+        if resolved is None and element.tag in _CONTAINER_TAGS:
+            return self._read_untyped_container(element)
         obj = self._read_complex(element, resolved, text)
         if element.tag == "Obj":
             self.obj[element.attrib["RefId"]] = obj
         if text is not None and isinstance(obj, ComplexObject):
             obj._xml = text
         return obj
+
+    def _read_untyped_container(self, element: ElementTree.Element) -> Any:
+        """A list or dictionary pypsrp 0.9 would return as XML text, read in place.
+
+        Reading it with this serializer's tables resolves ``<Ref>``/``<TNRef>`` between its
+        items and the rest of the message. An item pypsrp cannot read becomes ``None``.
+        """
+        if element.tag == "DCT":
+            entries = _ContainerEntries()
+            for entry in element.iterfind("En"):
+                key_element = entry.find("*[@N='Key']")
+                value_element = entry.find("*[@N='Value']")
+                if key_element is None:
+                    continue
+                try:
+                    key = self.deserialize(key_element, clear=False)
+                    item = (None if value_element is None
+                            else self.deserialize(value_element, clear=False))
+                except Exception:  # pypsrp raises assorted errors on partial XML
+                    key, item = None, None
+                if key is not None:
+                    entries[str(key)] = item
+            return entries
+        items = _ContainerItems()
+        for child in element:
+            try:
+                items.append(self.deserialize(child, clear=False))
+            except Exception:  # as above
+                items.append(None)
+        return items
 
     def _read_complex(self, element: ElementTree.Element, metadata: ObjectMeta | None,
                       text: str | None) -> Any:
@@ -584,6 +634,12 @@ class TolerantPypsrpSerializer(PypsrpSerializer):
         return text if text is not None else _element_text(element)
 
 
+def _strip_namespaces(element: ElementTree.Element) -> None:
+    for node in element.iter():
+        if isinstance(node.tag, str) and node.tag.startswith("{"):
+            node.tag = node.tag.split("}", 1)[1]
+
+
 def _element_text(element: ElementTree.Element) -> str:
     """The element as XML text, as pypsrp 0.9.1 returns unknown types.
 
@@ -591,12 +647,6 @@ def _element_text(element: ElementTree.Element) -> str:
     (no declaration either way) at about half the cost.
     """
     return ElementTree.tostring(element, encoding="unicode")
-
-
-def _strip_namespaces(element: ElementTree.Element) -> None:
-    for node in element.iter():
-        if isinstance(node.tag, str) and node.tag.startswith("{"):
-            node.tag = node.tag.split("}", 1)[1]
 
 
 # ---------------------------------------------------------------------------------------------
