@@ -6,6 +6,7 @@ Secrets never live here: a server names the environment variables that hold its 
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -23,6 +24,7 @@ PlanScope = Literal["all", "pin", "unbind"]
 AUTH_METHODS: tuple[AuthMethod, ...] = ("kerberos", "negotiate", "ntlm", "basic", "credssp")
 PLAN_SCOPES: tuple[PlanScope, ...] = ("all", "pin", "unbind")
 SERVER_NAME_PATTERN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})$")
+RESERVED_SERVER_NAMES = frozenset({"all"})
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 SLACK_USER_PATTERN = re.compile(r"^[UW][A-Z0-9]{2,}$")
 SLACK_GROUP_PATTERN = re.compile(r"^S[A-Z0-9]{2,}$")
@@ -43,6 +45,7 @@ class ConfigError(ValueError):
 
 _SLACK_TOKEN = re.compile(r"\bx(?:ox[a-z]|app)-[A-Za-z0-9-]+")
 _URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s'\"/@]*@")
+_URL_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@]*:[^/@]*@")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+(?:\[\d+\])?$")
 
 
@@ -51,9 +54,53 @@ def _key_text(key: str) -> str:
     return key if _BARE_KEY.match(key) else repr(key)
 
 
+_SHOWN_LENGTH = 80
+
+
+def _shown(value: str) -> str:
+    """``value`` quoted for a message, cut to a readable length."""
+    if len(value) <= _SHOWN_LENGTH:
+        return repr(value)
+    return f"{value[:_SHOWN_LENGTH]!r}... ({len(value)} characters)"
+
+
 def _shown_url(url: str) -> str:
     """``url`` quoted for a message, without any ``user:password@`` part."""
-    return repr(re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)?.*@", r"\1***@", url, flags=re.DOTALL))
+    return _shown(re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)?.*@", r"\1***@", url, flags=re.DOTALL))
+
+
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _host_problem(host: str) -> str | None:
+    """Why ``host`` (from a URL) is not a DNS name or an IP address; None when it is one."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if not host.isascii():
+        return ("has characters outside ASCII in its host name (a look-alike?); write an "
+                "international name in its xn-- form")
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+        return "has a host name that is not a DNS name (letters, digits, '-' and dots)"
+    if labels[-1].isdigit():
+        return "has a host name that is neither a DNS name nor an IP address"
+    return None
+
+
+def _http_url(section: _Section, key: str, url: str, example: str) -> SplitResult:
+    """``url`` as an http(s) URL with a sound host and no spaces or control characters."""
+    if any(character.isspace() or not character.isprintable() for character in url):
+        raise section.error(key, f"{_shown_url(url)} contains spaces or control characters")
+    parts = _split_url(section, key, url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise section.error(key, f"{_shown_url(url)} is not an http(s) URL such as {example}")
+    problem = _host_problem(parts.hostname)
+    if problem is not None:
+        raise section.error(key, f"{_shown_url(url)} {problem}")
+    return parts
 
 
 def _split_url(section: _Section, key: str, url: str) -> SplitResult:
@@ -203,14 +250,14 @@ class _Section:
             if not isinstance(item, str):
                 raise self.error(f"{key}[{index}]", f"expected a string, got {_describe(item)}")
             if pattern is not None and not pattern.match(item):
-                raise self.error(f"{key}[{index}]", f"{item!r} is not {what}")
+                raise self.error(f"{key}[{index}]", f"{_shown(item)} is not {what}")
             result.append(item)
         return tuple(result)
 
     def choice(self, key: str, choices: Sequence[str], default: str) -> str:
         value = self.get(key, str, default)
         if value not in choices:
-            raise self.error(key, f"must be one of {', '.join(choices)} (got {value!r})")
+            raise self.error(key, f"must be one of {', '.join(choices)} (got {_shown(value)})")
         return value
 
     def positive(
@@ -275,16 +322,15 @@ def _server(data: Mapping[str, Any], index: int, source: str) -> ServerSettings:
     if not SERVER_NAME_PATTERN.match(name):
         raise section.error(
             "name",
-            f"{name!r} is not a server name (letters, digits and '-', "
+            f"{_shown(name)} is not a server name (letters, digits and '-', "
             "at most 63, as Exchange's NetBIOS-style server names)",
         )
-    url = section.get("url", str, "")
-    parts = _split_url(section, "url", url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if name.casefold() in RESERVED_SERVER_NAMES:
         raise section.error(
-            "url",
-            f"{_shown_url(url)} is not an http(s) URL such as http://ex01.contoso.com/PowerShell/",
+            "name", f"{name!r} is reserved: `check {name.lower()}` means every server"
         )
+    url = section.get("url", str, "")
+    parts = _http_url(section, "url", url, "http://ex01.contoso.com/PowerShell/")
     if parts.username or parts.password or "@" in parts.netloc:
         raise section.error("url", "must not contain credentials; use username_env/password_env")
     auth = cast(AuthMethod, section.choice("auth", AUTH_METHODS, "kerberos"))
@@ -322,14 +368,15 @@ def _schedule(
     section = _Section(data, f"schedules[{index}]", source)
     channel = section.get("channel", str, "")
     if not SLACK_CHANNEL_PATTERN.match(channel):
-        raise section.error("channel", f"{channel!r} is not a Slack channel ID (C...)")
+        raise section.error("channel", f"{_shown(channel)} is not a Slack channel ID (C...)")
     cron = section.optional_str("cron")
     every = section.get("every_seconds", (int, type(None)), None)
     if (cron is None) == (every is None):
         raise section.error("cron", "give exactly one of cron or every_seconds")
     if cron is not None and len(cron.split()) != 5:
         raise section.error(
-            "cron", f"{cron!r} is not a 5-field cron expression (minute hour day month weekday)"
+            "cron",
+            f"{_shown(cron)} is not a 5-field cron expression (minute hour day month weekday)",
         )
     if every is not None and not 1 <= every <= 7 * 86400:
         raise section.error("every_seconds", f"must be between 1 and 604800 (got {every})")
@@ -338,18 +385,22 @@ def _schedule(
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise section.error(
-            "timezone", f"{timezone!r} is not an IANA time zone such as Europe/Amsterdam"
+            "timezone", f"{_shown(timezone)} is not an IANA time zone such as Europe/Amsterdam"
         ) from None
     mention = section.optional_str("mention")
     if mention is not None and not (
         SLACK_GROUP_PATTERN.match(mention) or SLACK_USER_PATTERN.match(mention)
     ):
-        raise section.error("mention", f"{mention!r} is not a Slack user-group (S...) or user ID")
+        raise section.error(
+            "mention", f"{_shown(mention)} is not a Slack user-group (S...) or user ID"
+        )
     servers = section.str_list("servers")
     known = {n.casefold() for n in server_names}
     for position, server in enumerate(servers):
         if server.casefold() not in known:
-            raise section.error(f"servers[{position}]", f"{server!r} is not a configured server")
+            raise section.error(
+                f"servers[{position}]", f"{_shown(server)} is not a configured server"
+            )
     result = ScheduleSettings(
         channel=channel,
         cron=cron,
@@ -389,11 +440,8 @@ def parse_settings(text: str, *, source: str = "<config>") -> Settings:
 
     slack_section = _Section(_table(data, "slack", source), "slack", source)
     api_url = slack_section.optional_str("api_url")
-    if api_url is not None and _split_url(slack_section, "api_url", api_url).scheme not in (
-        "http",
-        "https",
-    ):
-        raise slack_section.error("api_url", f"{_shown_url(api_url)} is not an http(s) URL")
+    if api_url is not None:
+        _http_url(slack_section, "api_url", api_url, "https://slack.com/api/")
     slack = SlackSettings(
         api_url=api_url,
         allowed_channels=slack_section.str_list(
@@ -444,6 +492,12 @@ def parse_settings(text: str, *, source: str = "<config>") -> Settings:
     storage_url = storage_section.get("url", str, StorageSettings.url)
     if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", storage_url):
         raise storage_section.error("url", "must be a sqlite:/// or postgresql+psycopg:// URL")
+    if _URL_PASSWORD.match(storage_url):
+        raise storage_section.error(
+            "url",
+            "must not contain a password: secrets come from the environment (PGPASSWORD) or "
+            "~/.pgpass, which PostgreSQL's client reads itself",
+        )
     storage = StorageSettings(url=storage_url)
     storage_section.finish()
 

@@ -95,3 +95,68 @@ def test_missing_configuration_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_basic_over_http_is_flagged() -> None:
     settings = parse_settings(MINIMAL.replace('"ntlm"', '"basic"'))
     assert settings.servers[0].uses_basic_over_http
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://ex01.contoso.com /PowerShell/", "contains spaces or control characters"),
+        ("http://ex01.contoso.com\t/PowerShell/", "contains spaces or control characters"),
+        ("http://\u0435x01.contoso.com/PowerShell/", "outside ASCII in its host name"),
+        ("http://ex01..contoso.com/PowerShell/", "not a DNS name"),
+        ("http://-ex01.contoso.com/PowerShell/", "not a DNS name"),
+        ("http://ex01_contoso.com/PowerShell/", "not a DNS name"),
+        ("http://10.0.0.999/PowerShell/", "neither a DNS name nor an IP address"),
+    ],
+)
+def test_server_urls_need_a_sound_host(url: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_settings(MINIMAL.replace("http://ex01.contoso.com/PowerShell/", url),
+                       source="test.toml")
+    assert "servers[0].url:" in str(error.value)
+    assert expected in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://EX01.Contoso.com:5986/PowerShell/",
+        "http://10.0.0.21/PowerShell/",
+        "http://[fe80::1]:5985/PowerShell/",
+        "http://xn--exchnge-7fg.contoso.com/PowerShell/",
+        "http://ex01/PowerShell/",
+    ],
+)
+def test_dns_names_and_ip_addresses_are_accepted(url: str) -> None:
+    settings = parse_settings(MINIMAL.replace("http://ex01.contoso.com/PowerShell/", url))
+    assert settings.servers[0].url == url
+
+
+def test_slack_api_url_gets_the_same_host_checks() -> None:
+    with pytest.raises(ConfigError, match="slack.api_url: .*outside ASCII"):
+        parse_settings(MINIMAL + '[slack]\napi_url = "https://sl\u0430ck.com/api/"\n')
+
+
+def test_a_server_cannot_be_named_all() -> None:
+    with pytest.raises(ConfigError, match="servers\\[0\\].name: 'All' is reserved"):
+        parse_settings(MINIMAL.replace('name = "EX01"', 'name = "All"'))
+
+
+def test_a_database_password_in_the_configuration_is_refused_and_not_echoed() -> None:
+    text = MINIMAL + '[storage]\nurl = "postgresql+psycopg://bot:S3cret-pw@db/exchange_tls"\n'
+    with pytest.raises(ConfigError) as error:
+        parse_settings(text)
+    assert "storage.url: must not contain a password" in str(error.value)
+    assert "PGPASSWORD" in str(error.value)
+    assert "S3cret-pw" not in str(error.value)
+    user_only = MINIMAL + '[storage]\nurl = "postgresql+psycopg://bot@db:5432/exchange_tls"\n'
+    assert parse_settings(user_only).storage.url.endswith("@db:5432/exchange_tls")
+
+
+def test_long_bad_values_are_cut_in_messages() -> None:
+    name = "x" * 5000 + "!"
+    with pytest.raises(ConfigError) as error:
+        parse_settings(MINIMAL.replace('name = "EX01"', f'name = "{name}"'))
+    message = str(error.value)
+    assert "(5001 characters)" in message
+    assert len(message) < 400
