@@ -56,6 +56,8 @@ _ENCRYPTED_PROTOCOL = WinRMEncryption.SPNEGO
 _MAX_BODY = 64 * 1024 * 1024
 _IDLE_CONNECTION_TIMEOUT = 600.0
 _TLS_HANDSHAKE_TIMEOUT = 10.0
+MAX_CONNECTIONS = 256
+"""Connections served at once (a thread each), counted when set up; more are closed at once."""
 
 
 class LabHTTPError(RuntimeError):
@@ -253,6 +255,9 @@ class _ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
         host, port = self.server_address[:2]
         self.server_name = str(host)
         self.server_port = int(port)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        return self.lab.admit()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("lab connection from %s ended with an error", client_address, exc_info=True)
@@ -476,6 +481,7 @@ class LabHTTPServer:
         faults: Callable[[], HttpFaults],
         certificate_names: Sequence[str] = (),
         now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         if auth not in AUTH_MODES:
             raise LabHTTPError(f"unknown auth {auth!r}; use one of {', '.join(AUTH_MODES)}")
@@ -496,6 +502,8 @@ class LabHTTPServer:
         self._connections_lock = threading.Lock()
         self._request_count = 0
         self._count_lock = threading.Lock()
+        self.max_connections = max_connections
+        self.refused_connections = 0
 
     @property
     def scheme(self) -> str:
@@ -557,6 +565,15 @@ class LabHTTPServer:
     def count_request(self) -> None:
         with self._count_lock:
             self._request_count += 1
+
+    def admit(self) -> bool:
+        """Whether a new connection may be served (at most ``max_connections`` at once)."""
+        with self._connections_lock:
+            if len(self._connections) < self.max_connections:
+                return True
+            self.refused_connections += 1
+        log.warning("lab: %d connections open; a new one is refused", self.max_connections)
+        return False
 
     def track(self, connection: socket.socket) -> None:
         with self._connections_lock:

@@ -23,7 +23,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from bot.lab.http_server import AUTH_MODES, AuthMode, LabHTTPError, LabHTTPServer
+from bot.lab.http_server import (
+    AUTH_MODES,
+    MAX_CONNECTIONS,
+    AuthMode,
+    LabHTTPError,
+    LabHTTPServer,
+)
 from bot.lab.psrp_session import (
     DropConnection,
     Reply,
@@ -80,6 +86,7 @@ class LabServer:
         https: bool = False,
         faults: LabFaults | None = None,
         wire: WireCodec | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         """``wire`` replaces :mod:`bot.lab.wire` (tests); ``faults`` the state's faults."""
         if auth not in AUTH_MODES:
@@ -100,6 +107,7 @@ class LabServer:
             https=https,
             faults=lambda: self._faults,
             certificate_names=[s.fqdn for s in self._servers],
+            max_connections=max_connections,
         )
         self._lock = threading.Lock()
         self._running = False
@@ -195,6 +203,11 @@ class LabServer:
     def request_count(self) -> int:
         """HTTP requests served so far (401s included)."""
         return self._http.request_count
+
+    @property
+    def refused_connections(self) -> int:
+        """Connections closed unserved because ``max_connections`` were open."""
+        return self._http.refused_connections
 
     @property
     def shell_count(self) -> int:

@@ -189,6 +189,11 @@ class LabWSManFault:
     message: str
 
 
+MAX_LATENCY_MS = 60_000
+"""Longest injected latency a request may get: a lab that simulates, not one that hangs."""
+MAX_SLOW_CMDLET_SECONDS = 3600.0
+
+
 @dataclass(frozen=True)
 class LabFaults:
     """Faults the WSMan/PSRP shell injects; the Exchange model itself ignores them."""
@@ -329,7 +334,7 @@ class _Node:
             self.fail(f"expected true or false, got {self._kind()}")
         return str(scalar.value).lower() in ("true", "yes", "on", "y")
 
-    def integer(self, minimum: int | None = None) -> int:
+    def integer(self, minimum: int | None = None, maximum: int | None = None) -> int:
         scalar = self._scalar()
         if scalar.tag != _TAG_INT:
             self.fail(f"expected a whole number, got {self._kind()}")
@@ -339,9 +344,11 @@ class _Node:
             self.fail(f"expected a whole number, got {self._kind()}")
         if minimum is not None and value < minimum:
             self.fail(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            self.fail(f"must be at most {maximum}, got {value}")
         return value
 
-    def number(self, minimum: float = 0.0) -> float:
+    def number(self, minimum: float = 0.0, maximum: float | None = None) -> float:
         scalar = self._scalar()
         if scalar.tag not in (_TAG_INT, _TAG_FLOAT):
             self.fail(f"expected a number, got {self._kind()}")
@@ -351,6 +358,8 @@ class _Node:
             self.fail(f"expected a number, got {self._kind()}")
         if value < minimum:
             self.fail(f"must be at least {minimum:g}, got {value:g}")
+        if maximum is not None and not value <= maximum:
+            self.fail(f"must be at most {maximum:g}, got {value:g}")
         return value
 
     def strings(self) -> tuple[str, ...]:
@@ -863,12 +872,14 @@ def _parse_faults(node: _Node) -> LabFaults:
             cmdlet = _cmdlet(key)
             if cmdlet in slow:
                 key.fail(f"duplicate cmdlet {cmdlet!r}")
-            slow[cmdlet] = slow_node.child(value_node, f"{slow_node.path}.{cmdlet}").number()
+            slow[cmdlet] = slow_node.child(value_node, f"{slow_node.path}.{cmdlet}").number(
+                maximum=MAX_SLOW_CMDLET_SECONDS)
     drop = None
     if "drop_connection_on" in keys and not keys["drop_connection_on"].is_null:
         drop = _cmdlet(keys["drop_connection_on"])
     return LabFaults(
-        latency_ms=keys["latency_ms"].integer(minimum=0) if "latency_ms" in keys else 0,
+        latency_ms=(keys["latency_ms"].integer(minimum=0, maximum=MAX_LATENCY_MS)
+                    if "latency_ms" in keys else 0),
         auth_refused=keys["auth_refused"].boolean() if "auth_refused" in keys else False,
         drop_connection_on=drop,
         wsman_fault=wsman_fault,

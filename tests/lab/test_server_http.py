@@ -196,3 +196,29 @@ def test_stop_wakes_a_waiting_receive_and_closes_connections() -> None:
     assert len(outcome) == 1
     assert outcome[0] is not None
     assert server.shell_count == 0
+
+
+def test_connections_beyond_the_cap_are_closed_and_the_lab_keeps_serving() -> None:
+    organisation = ExchangeOrganisation(default_state(now=datetime.now(UTC)),
+                                        clock=lambda: datetime.now(UTC))
+    with LabServer(organisation, auth="basic", max_connections=2) as capped:
+        held = [http.client.HTTPConnection(capped.host, capped.port, timeout=10)
+                for _ in range(2)]
+        for connection in held:
+            response, _ = post(capped, b"", connection=connection)
+            assert response.status == 401
+        extra = socket.create_connection((capped.host, capped.port), timeout=10)
+        extra.sendall(b"POST /PowerShell/ HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert extra.recv(100) == b""
+        extra.close()
+        assert capped.refused_connections == 1
+        held[0].close()
+        deadline = time.monotonic() + 10
+        status = None
+        while status is None and time.monotonic() < deadline:
+            try:  # the closed connection's thread frees its place when it notices
+                status = post(capped, b"")[0].status
+            except ConnectionError:
+                time.sleep(0.01)
+        assert status == 401
+        held[1].close()

@@ -334,6 +334,10 @@ def test_fault_spec_errors() -> None:
     expect_error(bad_latency, "latency_ms", "must be at least 0")
     bad_slow = BASE + "faults:\n  slow_cmdlets: {Get-Queue: soon}\n"
     expect_error(bad_slow, "slow_cmdlets", "expected a number")
+    huge_latency = BASE + "faults:\n  latency_ms: 60001\n"
+    expect_error(huge_latency, "latency_ms", "must be at most 60000")
+    endless = BASE + "faults:\n  slow_cmdlets: {Get-Queue: 99999}\n"
+    expect_error(endless, "slow_cmdlets", "must be at most 3600")
 
 
 def test_duplicate_keys_are_refused() -> None:
@@ -412,3 +416,4 @@ def test_direct_construction_defaults() -> None:
     assert spec.friendly_name == "c1"
     assert spec.services == ExchangeService.NONE
     assert not spec.self_signed
+

@@ -133,12 +133,12 @@ def test_dns_names_and_ip_addresses_are_accepted(url: str) -> None:
 
 
 def test_slack_api_url_gets_the_same_host_checks() -> None:
-    with pytest.raises(ConfigError, match="slack.api_url: .*outside ASCII"):
+    with pytest.raises(ConfigError, match=r"slack\.api_url: .*outside ASCII"):
         parse_settings(MINIMAL + '[slack]\napi_url = "https://sl\u0430ck.com/api/"\n')
 
 
 def test_a_server_cannot_be_named_all() -> None:
-    with pytest.raises(ConfigError, match="servers\\[0\\].name: 'All' is reserved"):
+    with pytest.raises(ConfigError, match=r"servers\[0\]\.name: 'All' is reserved"):
         parse_settings(MINIMAL.replace('name = "EX01"', 'name = "All"'))
 
 
