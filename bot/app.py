@@ -40,6 +40,7 @@ from bot.replicas import (
     Storage,
     StorageError,
     claim_lease,
+    execution_lease,
     open_storage,
     replica_id,
     secret_values,
@@ -188,6 +189,8 @@ class BotRuntime:
         """Stop the scheduler after the scheduled post in progress (if any), let running jobs
         finish (up to ``timeout``), tell queued ones, close the sessions and the storage."""
         try:
+            if self.remediation is not None:
+                self.remediation.close()
             if self.schedules is not None:
                 self.schedules.shutdown(wait=True)
             if not self.service.close(timeout):
@@ -267,10 +270,12 @@ def _remediation_service(
     """Remediation in Slack, wired into the service: its status, its report hook."""
     try:
         owner = replica or replica_id(env)
+        lease = execution_lease(env)
     except ReplicaSettingError as error:
         raise BotStartError(str(error)) from None
     remediation = RemediationService(settings, client, service, storage.repository,
-                                     storage.audit, owner=owner, clock=clock or utc_now)
+                                     storage.audit, owner=owner, clock=clock or utc_now,
+                                     execution_lease=lease)
     service.remediation = remediation
     service.report_hooks.append(remediation.report_posted)
     return remediation

@@ -24,6 +24,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.engine import Connection
 
 from bot.remediation.model import RemediationRequest
+from bot.storage.outage import transaction
 from bot.storage.schema import GENESIS_HASH, audit_events, audit_head, configure_engine
 
 REDACTED = "[redacted]"
@@ -296,7 +297,7 @@ class AuditLog:
         occurred_at = format_time(at if at is not None else self._clock())
         if connection is not None:
             return self._append_in(connection, clean, details_text, occurred_at)
-        with self._engine.begin() as own:
+        with transaction(self._engine) as own:
             return self._append_in(own, clean, details_text, occurred_at)
 
     def _append_in(self, connection: Connection, fields: Mapping[str, str | None],

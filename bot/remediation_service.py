@@ -23,7 +23,10 @@ The shell between Slack and :mod:`bot.remediation` / :mod:`bot.storage`:
 - ``/exchange-tls freeze`` / ``unfreeze`` (admins, audited, announced in the channel) and
   ``/exchange-tls audit [REQUEST-ID]``;
 - at start-up (:meth:`~RemediationService.start`) runs a dead process left are marked
-  interrupted, and approved requests that never started are started.
+  interrupted, and approved requests that never started are started; then, every quarter of
+  the execution lease (:meth:`~RemediationService.recover_abandoned`), runs of any replica
+  whose heartbeat is older than the lease are marked interrupted (the server re-read and
+  reported, nothing re-run), and approved requests left unstarted for a lease are started.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 from slack_sdk import WebClient
@@ -53,6 +56,7 @@ from bot.commands import (
 )
 from bot.config import Settings
 from bot.remediation.executor import (
+    DEFAULT_EXECUTION_LEASE,
     ExecutionResult,
     RecoveryReport,
     RemediationExecutor,
@@ -98,9 +102,10 @@ from bot.render.card import (
     render_request_card,
     render_thread_line,
 )
-from bot.replies import RemediationCommand
+from bot.replies import DATABASE_UNAVAILABLE, RemediationCommand
 from bot.replies import refusal as refusal_message
 from bot.service import BotService, Origin, slack_error_code
+from bot.storage.outage import unavailable_reason
 from bot.storage.repository import Applied, Refusal, RefusalCode, Repository
 from bot.storage.schema import audit_events
 
@@ -115,6 +120,8 @@ AUDIT_LINES: Final = 40
 """Events shown by ``/exchange-tls audit``; the rest are in ``exchange-tls audit export``."""
 MAX_FREEZE_REASON: Final = 200
 _OPEN_STATES: Final = (State.PENDING, State.APPROVED, State.RUNNING)
+MAX_RECOVERY_INTERVAL: Final = 60.0
+"""Seconds between two looks for runs whose replica died, at most (a quarter of the lease)."""
 _SHOWN_RESULT: Final = 240
 _CARD_LOCKS: Final = 64
 _STALE_CARD_CODES: Final = frozenset({DecisionCode.NOT_PENDING, DecisionCode.EXPIRED,
@@ -359,7 +366,8 @@ class RemediationService:
 
     ``service`` provides the worker pool, the session cache, the trust store and private
     notices; ``owner`` names this replica in execution claims; ``clock`` is the time of every
-    decision, expiry and run.
+    decision, expiry and run; ``execution_lease``: a run without a heartbeat for this long is
+    taken for dead (:func:`bot.replicas.execution_lease`).
     """
 
     def __init__(
@@ -373,6 +381,7 @@ class RemediationService:
         owner: str,
         clock: Clock = utc_now,
         groups: UserGroupCache | None = None,
+        execution_lease: timedelta = DEFAULT_EXECUTION_LEASE,
     ) -> None:
         self.settings = settings
         self.approval = settings.approval
@@ -387,9 +396,13 @@ class RemediationService:
             client, [p for p in principals if p.startswith("S")])
         self.executor = RemediationExecutor(
             repository, audit, service.cache, settings.server, service.trust, clock=clock,
-            owner=owner, on_update=self.execution_update, plan_scope=settings.check.plan_scope)
+            owner=owner, on_update=self.execution_update, plan_scope=settings.check.plan_scope,
+            lease=execution_lease)
+        self.execution_lease = execution_lease
         self._locks = tuple(threading.RLock() for _ in range(_CARD_LOCKS))
         self._started = threading.Event()
+        self._stopping = threading.Event()
+        self._recovery_thread: threading.Thread | None = None
 
     @property
     def enabled(self) -> bool:
@@ -424,10 +437,16 @@ class RemediationService:
             try:
                 request = self.propose(analysis, origin)
             except Exception as error:
-                log.exception("proposing the remediation of %s failed", analysis.name)
+                unavailable = unavailable_reason(error)
+                if unavailable is None:
+                    log.exception("proposing the remediation of %s failed", analysis.name)
+                    why = type(error).__name__
+                else:
+                    log.warning("no remediation request for %s: the database is unavailable "
+                                "(%s)", analysis.name, unavailable)
+                    why = f"{DATABASE_UNAVAILABLE}. Run the check again in a moment"
                 self.service.notify(origin, render_error(
-                    f"The remediation request for {analysis.name} could not be made: "
-                    f"{type(error).__name__}"))
+                    f"The remediation request for {analysis.name} could not be made: {why}"))
                 continue
             if request is not None:
                 proposed.append(request)
@@ -869,12 +888,20 @@ class RemediationService:
         return [AuditEvent(**{**row._mapping, "sequence": int(row.sequence)})
                 for row in reversed(rows)]
 
-    # -- start-up ---------------------------------------------------------------------------
+    # -- start-up and recovery --------------------------------------------------------------
+
+    @property
+    def recovery_interval(self) -> float:
+        """Seconds between two looks for runs whose replica died: a quarter of the execution
+        lease, at most :data:`MAX_RECOVERY_INTERVAL`."""
+        return min(max(self.execution_lease.total_seconds() / 4, 0.05), MAX_RECOVERY_INTERVAL)
 
     def start(self) -> threading.Thread:
-        """In the background: :meth:`recover` (the bot answers meanwhile)."""
+        """In the background: :meth:`recover` (the bot answers meanwhile), then
+        :meth:`recover_abandoned` every :attr:`recovery_interval` until :meth:`close`."""
         thread = threading.Thread(target=self._start, name="exchange-tls-recovery",
                                   daemon=True)
+        self._recovery_thread = thread
         thread.start()
         return thread
 
@@ -885,21 +912,72 @@ class RemediationService:
             log.exception("recovering interrupted remediation failed")
         finally:
             self._started.set()
+        while not self._stopping.wait(self.recovery_interval):
+            try:
+                self.recover_abandoned()
+            except Exception as error:
+                unavailable = unavailable_reason(error)
+                if unavailable is None:
+                    log.exception("looking for remediation runs whose replica died failed; "
+                                  "trying again in %.1f s", self.recovery_interval)
+                else:
+                    log.warning("cannot look for remediation runs whose replica died: the "
+                                "database is unavailable (%s); trying again in %.1f s",
+                                unavailable, self.recovery_interval)
 
     def wait_started(self, timeout: float | None = None) -> bool:
         """Wait for the start-up recovery to finish; False on time-out."""
         return self._started.wait(timeout)
 
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop looking for runs whose replica died, waiting up to ``timeout`` for a look in
+        progress (runs in progress go on)."""
+        self._stopping.set()
+        thread = self._recovery_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     def recover(self) -> list[RecoveryReport]:
-        """Runs left by a dead process become interrupted (with what the server shows now);
-        approved requests that never started are started (their plan is re-checked first)."""
-        reports = recover_interrupted(
-            self.repository, self.audit, self.service.cache, self.settings.server,
-            self.service.trust, now=self.clock(), owner=self.owner, clock=self.clock,
-            plan_scope=self.settings.check.plan_scope, on_update=self.execution_update)
-        for report in reports:
-            log.warning("remediation interrupted: %s", report.text())
+        """At start-up: runs left by a dead process (this replica's earlier life, or any
+        replica's whose heartbeat is older than the lease) become interrupted, with what the
+        server shows now; approved requests that never started are started (their plan is
+        re-checked first)."""
+        reports = self._recover_interrupted(owner=self.owner)
         for approved in self.repository.list_requests(states=(State.APPROVED,), limit=1000):
             self.start_execution(approved)
         return reports
 
+    def recover_abandoned(self) -> list[RecoveryReport]:
+        """While this replica runs: runs of other replicas whose heartbeat is older than the
+        execution lease become interrupted (re-read, reported and audited; never re-run), and
+        the requests that waited for their server start. Approved requests unchanged for a
+        lease on a server where nothing runs (their replica died before starting them) are
+        started, their plan re-checked first."""
+        reports = self._recover_interrupted(owner=None)
+        for server in dict.fromkeys(r.server.casefold() for r in reports if r.interrupted):
+            self.start_waiting(server)
+        now = self.clock()
+        running = {r.server.casefold() for r in
+                   self.repository.list_requests(states=(State.RUNNING,), limit=1000)}
+        for approved in self.repository.list_requests(states=(State.APPROVED,), limit=1000):
+            if approved.updated_at <= now - self.execution_lease \
+                    and approved.server.casefold() not in running \
+                    and approved.id not in self.executor.active_runs:
+                log.warning("starting %s: approved %s ago and not started by its replica",
+                            approved.id, now - approved.updated_at)
+                self.start_execution(approved)
+        return reports
+
+    def _recover_interrupted(self, *, owner: str | None) -> list[RecoveryReport]:
+        reports = recover_interrupted(
+            self.repository, self.audit, self.service.cache, self.settings.server,
+            self.service.trust, now=self.clock(), owner=owner, clock=self.clock,
+            stale_after=self.execution_lease, plan_scope=self.settings.check.plan_scope,
+            on_update=self.execution_update, skip=self.executor.active_runs,
+            found_by=self.owner)
+        for report in reports:
+            if report.interrupted:
+                log.warning("remediation interrupted: %s", report.text())
+            else:
+                log.info("remediation %s: %s", report.request_id, report.reason)
+        return reports

@@ -8,10 +8,13 @@ nothing else to agree (no leader, no extra service):
 - a claim not completed within its lease (its replica died, or Slack refused the post) is taken
   over by a replica that lost it, so a post is neither doubled nor lost;
 - request transitions are compare-and-set on (state, version) and execution is claimed with
-  ``claim_execution``, so an approval or a run happens once whichever replica Slack reaches.
+  ``claim_execution``, so an approval or a run happens once whichever replica Slack reaches;
+- a run renews its heartbeat while it lasts; a run whose heartbeat is older than the execution
+  lease (its replica died) is marked interrupted by any replica, never re-run.
 
 This module opens the storage (upgrading the schema; safe from several processes at once), names
-the replica and reads its claim lease (for :class:`~bot.schedule.ScheduleRunner`).
+the replica and reads its leases: the claim lease (for :class:`~bot.schedule.ScheduleRunner`)
+and the execution lease (for :class:`~bot.remediation_service.RemediationService`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from bot.audit import AuditLog
 from bot.config import Settings
+from bot.remediation.executor import DEFAULT_EXECUTION_LEASE
 from bot.schedule import DEFAULT_CLAIM_LEASE
 from bot.storage import SchemaTooNew, create_engine_from_url, upgrade
 from bot.storage.repository import Repository
@@ -37,6 +41,9 @@ REPLICA_ID_ENV: Final = "EXCHANGE_TLS_REPLICA_ID"
 same replica and unique among replicas."""
 CLAIM_LEASE_ENV: Final = "EXCHANGE_TLS_CLAIM_LEASE_SECONDS"
 """Seconds after which an uncompleted scheduled post may be taken over (default 900)."""
+EXECUTION_LEASE_ENV: Final = "EXCHANGE_TLS_EXECUTION_LEASE_SECONDS"
+"""Seconds without a heartbeat after which a running remediation is taken for dead and marked
+interrupted by any replica (default 600)."""
 MAX_REPLICA_ID: Final = 128
 """``schedule_fires.claimed_by`` and ``requests.execution_claimed_by`` are 128 characters."""
 SLACK_SECRET_ENVS: Final = ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET")
@@ -122,15 +129,27 @@ def replica_id(environ: Mapping[str, str] | None = None) -> str:
 def claim_lease(environ: Mapping[str, str] | None = None) -> timedelta:
     """``EXCHANGE_TLS_CLAIM_LEASE_SECONDS`` (default 900): longer than a scheduled check and
     post can take, or a slow replica's post is repeated by another."""
+    return _lease(CLAIM_LEASE_ENV, DEFAULT_CLAIM_LEASE, environ)
+
+
+def execution_lease(environ: Mapping[str, str] | None = None) -> timedelta:
+    """``EXCHANGE_TLS_EXECUTION_LEASE_SECONDS`` (default 600): how long a running remediation
+    may go without a heartbeat before any replica marks it interrupted. A run renews it every
+    quarter of the lease whatever its step is doing, so it need only outlast a pause of the
+    database, not the slowest step."""
+    return _lease(EXECUTION_LEASE_ENV, DEFAULT_EXECUTION_LEASE, environ)
+
+
+def _lease(name: str, default: timedelta, environ: Mapping[str, str] | None) -> timedelta:
     env = os.environ if environ is None else environ
-    text = env.get(CLAIM_LEASE_ENV, "").strip()
+    text = env.get(name, "").strip()
     if not text:
-        return DEFAULT_CLAIM_LEASE
+        return default
     try:
         seconds = float(text)
     except ValueError:
-        raise ReplicaSettingError(f"{CLAIM_LEASE_ENV} must be a number of seconds "
+        raise ReplicaSettingError(f"{name} must be a number of seconds "
                                   f"(got {text[:40]!r})") from None
     if not 1 <= seconds <= 7 * 86400:
-        raise ReplicaSettingError(f"{CLAIM_LEASE_ENV} must be between 1 and 604800 seconds")
+        raise ReplicaSettingError(f"{name} must be between 1 and 604800 seconds")
     return timedelta(seconds=seconds)

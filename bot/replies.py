@@ -234,6 +234,30 @@ def failure_notice(what: str, reason: str) -> SlackMessage:
     return render_error(f"Your {what} failed: {reason}")
 
 
+DATABASE_UNAVAILABLE: Final = "the bot's database is unavailable"
+
+
+def database_unavailable_notice(what: str, *, outcome_unknown: bool = False) -> SlackMessage:
+    """``what`` was not done because the database could not be used; with
+    ``outcome_unknown``, the connection was lost while it was being saved."""
+    if outcome_unknown:
+        return render_error(
+            f"The bot's database went away while your {what} was being saved, so I cannot "
+            "tell whether it was recorded; nothing else was done. Once the database is back, "
+            f"{SLASH_COMMAND} audit shows whether it was.")
+    return render_error(
+        f"Your {what} was not done: {DATABASE_UNAVAILABLE}, so nothing was changed. "
+        "Please try again in a moment.")
+
+
+def check_not_stored_notice(*, cards_skipped: bool) -> SlackMessage:
+    """The report was posted, but its result could not be kept (the database is down)."""
+    skipped = " and no remediation request was made" if cards_skipped else ""
+    return render_error(
+        f"The report is complete, but {DATABASE_UNAVAILABLE}: its result is not kept for "
+        f"{SLASH_COMMAND} status{skipped}. Run the check again once the database is back.")
+
+
 def not_posted_notice(reason: str) -> SlackMessage:
     """The report could not be posted in the channel; said to the requester instead."""
     hint = {

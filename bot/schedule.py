@@ -11,6 +11,14 @@ post is neither doubled nor lost. Missed fire times (downtime, a hung process) c
 start, and whenever a job runs late, only the latest fire time within ``misfire_grace`` is
 posted.
 
+While the database is unavailable nothing can be claimed, so nothing is posted: the claim of a
+due fire time is tried again every ``database_retry`` (30 s) for as long as it is the
+schedule's latest due time (a later fire time coalesces it, as above); once the database is
+back, one replica's claim wins and that replica posts, once. A post made just before the
+database went away is completed (the same retry) once it is back, so other replicas do not
+take it over and post it again; should the outage outlast the claim lease, they may (the
+window of a replica killed between its post and the completion, widened to the outage).
+
 Schedule ids are a hash of what the schedule is (channel, cron or interval, time zone, servers),
 so every replica and every restart agree on them. Interval triggers are anchored at the Unix
 epoch so every replica computes the same fire times.
@@ -49,6 +57,7 @@ from bot.health import findings_json, summarise
 from bot.remediation.model import RemediationRequest
 from bot.render.blocks import SlackMessage
 from bot.render.health import render_health_summary
+from bot.storage.outage import unavailable_reason
 from bot.storage.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -70,6 +79,9 @@ DEFAULT_MISFIRE_GRACE: Final = timedelta(hours=6)
 DEFAULT_CLAIM_LEASE: Final = timedelta(minutes=15)
 """After this, an uncompleted claim may be taken over. Longer than a check and post take."""
 DEFAULT_SWEEP_INTERVAL: Final = timedelta(minutes=1)
+DEFAULT_DATABASE_RETRY: Final = timedelta(seconds=30)
+"""While the database is unavailable: how often a due post's claim, or a made post's
+completion, is tried again."""
 INTERVAL_ANCHOR: Final = datetime(1970, 1, 1, tzinfo=UTC)
 SWEEP_JOB_ID: Final = "expiry-sweep"
 CATCH_UP_JOB_ID: Final = "catch-up"
@@ -301,7 +313,7 @@ class ScheduleRunner:
     trust store); ``post`` posts a message (:func:`web_client_poster`); ``owner`` names this
     replica in claims (stable across its restarts, unique among replicas); ``clock`` gives the
     time used for fire times and claims; ``on_expired`` receives the requests each sweep
-    expired (the bot updates their cards).
+    expired (the bot updates their cards); ``database_retry``: see the module docstring.
     """
 
     def __init__(
@@ -318,10 +330,11 @@ class ScheduleRunner:
         misfire_grace: timedelta = DEFAULT_MISFIRE_GRACE,
         claim_lease: timedelta = DEFAULT_CLAIM_LEASE,
         catch_up_on_start: bool = True,
+        database_retry: timedelta = DEFAULT_DATABASE_RETRY,
     ) -> None:
-        if sweep_interval <= timedelta(0) or misfire_grace <= timedelta(0) \
-                or claim_lease <= timedelta(0):
-            raise ValueError("sweep_interval, misfire_grace and claim_lease must be positive")
+        if min(sweep_interval, misfire_grace, claim_lease, database_retry) <= timedelta(0):
+            raise ValueError("sweep_interval, misfire_grace, claim_lease and database_retry "
+                             "must be positive")
         self._settings = settings
         self._repository = repository
         self._run_check = run_check
@@ -333,6 +346,7 @@ class ScheduleRunner:
         self._misfire_grace = misfire_grace
         self._claim_lease = claim_lease
         self._catch_up_on_start = catch_up_on_start
+        self._database_retry = database_retry
         schedules: dict[str, Schedule] = {}
         for configured in settings.schedules:
             identifier = schedule_id(configured)
@@ -442,9 +456,22 @@ class ScheduleRunner:
         """
         schedule = self._schedules[schedule_id]
         fire_time = fire_time.astimezone(UTC)
-        claimed = self._repository.claim_schedule_fire(
-            schedule_id, fire_time, owner=self._owner, now=self._clock(),
-            lease=self._claim_lease)
+        try:
+            claimed = self._repository.claim_schedule_fire(
+                schedule_id, fire_time, owner=self._owner, now=self._clock(),
+                lease=self._claim_lease)
+        except Exception as error:
+            unavailable = unavailable_reason(error)
+            if unavailable is None:
+                raise
+            again = retry_later and self._retry_when_available(
+                self._claim_again, schedule_id, fire_time, job="claim")
+            log.warning("scheduled post %s at %s not claimed: the database is unavailable "
+                        "(%s); %s", schedule.label, fire_time, unavailable,
+                        f"claiming it again in {self._database_retry.total_seconds():g} s"
+                        if again else "not tried again")
+            return FireOutcome(schedule_id, fire_time, posted=False,
+                               reason=f"database unavailable: {unavailable}")
         if not claimed:
             if retry_later:
                 self._retry_after_lease(schedule_id, fire_time)
@@ -453,7 +480,13 @@ class ScheduleRunner:
         try:
             return self._post_summary(schedule, fire_time)
         except Exception as error:
-            log.exception("scheduled post %s at %s failed", schedule.label, fire_time)
+            unavailable = unavailable_reason(error)
+            if unavailable is None:
+                log.exception("scheduled post %s at %s failed", schedule.label, fire_time)
+            else:
+                log.warning("scheduled post %s at %s not made: the database is unavailable "
+                            "(%s); it is tried again once its claim's lease has passed",
+                            schedule.label, fire_time, unavailable)
             if retry_later:
                 self._retry_after_lease(schedule_id, fire_time)
             return FireOutcome(schedule_id, fire_time, posted=False,
@@ -474,10 +507,7 @@ class ScheduleRunner:
         channel_message, *thread = render_health_summary(summary,
                                                          schedule_label=schedule.label)
         ts = self._post(schedule.settings.channel, channel_message, None)
-        if not self._repository.complete_schedule_fire(schedule.id, fire_time,
-                                                       owner=self._owner, now=self._clock()):
-            log.warning("scheduled post %s at %s was taken over by another replica before it "
-                        "completed here (its lease is too short?)", schedule.label, fire_time)
+        self._complete(schedule.id, fire_time)
         try:
             for analysis in report.servers:
                 # Filed under the fire time, not the (possibly late) moment of the check, so
@@ -487,9 +517,15 @@ class ScheduleRunner:
                     findings_json=findings_json(analysis, checked_at=checked_at,
                                                 previous=previous.get(analysis.name)),
                     source=schedule.source)
-        except Exception:
-            log.exception("storing the results of %s at %s failed; the next post compares "
-                          "with an older one", schedule.label, fire_time)
+        except Exception as error:
+            unavailable = unavailable_reason(error)
+            if unavailable is None:
+                log.exception("storing the results of %s at %s failed; the next post compares "
+                              "with an older one", schedule.label, fire_time)
+            else:
+                log.warning("the results of %s at %s are not stored: the database is "
+                            "unavailable (%s); the next post compares with an older one",
+                            schedule.label, fire_time, unavailable)
         replies: list[str] = []
         for reply in thread:
             try:
@@ -500,6 +536,62 @@ class ScheduleRunner:
                 break
         return FireOutcome(schedule.id, fire_time, posted=True, ts=ts,
                            thread_ts=tuple(replies), reason="posted")
+
+    def _complete(self, schedule_id: str, fire_time: datetime, *, again: bool = False) -> None:
+        """Mark the fire completed; while the database is unavailable, keep trying (the post
+        is out: another replica must not take it over)."""
+        label = self._schedules[schedule_id].label
+        try:
+            done = self._repository.complete_schedule_fire(schedule_id, fire_time,
+                                                           owner=self._owner, now=self._clock())
+        except Exception as error:
+            unavailable = unavailable_reason(error)
+            if unavailable is None:
+                raise
+            retried = self._retry_when_available(self._complete_again, schedule_id, fire_time,
+                                                 job="complete")
+            log.warning("scheduled post %s at %s was made, but its completion cannot be "
+                        "stored: the database is unavailable (%s); %s", label, fire_time,
+                        unavailable,
+                        f"trying again in {self._database_retry.total_seconds():g} s"
+                        if retried else "not tried again")
+            return
+        if done and again:
+            log.info("scheduled post %s at %s completed now that the database is back",
+                     label, fire_time)
+        elif not done and not again:
+            log.warning("scheduled post %s at %s was taken over by another replica before it "
+                        "completed here (its lease is too short?)", label, fire_time)
+
+    def _complete_again(self, schedule_id: str, fire_time: datetime) -> None:
+        self._complete(schedule_id, fire_time, again=True)
+
+    def _claim_again(self, schedule_id: str, fire_time: datetime) -> FireOutcome | None:
+        """A claim that failed while the database was unavailable, tried again while
+        ``fire_time`` is still the schedule's latest due time (a later one coalesces it)."""
+        if self.due_fire_time(schedule_id) != fire_time:
+            log.info("scheduled post %s at %s not claimed again: a later fire time replaces "
+                     "it", self._schedules[schedule_id].label, fire_time)
+            return None
+        return self.fire(schedule_id, fire_time)
+
+    def _retry_when_available(self, work: Callable[[str, datetime], object], schedule_id: str,
+                              fire_time: datetime, *, job: str) -> bool:
+        """Run ``work(schedule_id, fire_time)`` after ``database_retry``; False when the
+        scheduler is not running. Claims: one job per schedule (a later fire time replaces an
+        earlier one's); completions: one per fire time."""
+        if not self._scheduler.running:
+            return False
+        identifier = f"database-{job}:{schedule_id}"
+        if job == "complete":
+            identifier += f":{fire_time.isoformat()}"
+        self._scheduler.add_job(
+            work, trigger=DateTrigger(run_date=datetime.now(UTC) + self._database_retry,
+                                      timezone=UTC),
+            args=(schedule_id, fire_time), id=identifier,
+            name=f"{job} a post again (the database was unavailable)",
+            misfire_grace_time=None, replace_existing=True)
+        return True
 
     def _servers_of(self, schedule: Schedule) -> tuple[ServerSettings, ...]:
         if not schedule.settings.servers:
@@ -522,8 +614,16 @@ class ScheduleRunner:
             replace_existing=True)
 
     def sweep_expired(self) -> list[RemediationRequest]:
-        """Expire pending requests past their expiry; report those this call expired."""
-        expired = self._repository.expire_due(self._clock())
+        """Expire pending requests past their expiry; report those this call expired (none
+        while the database is unavailable: the next sweep does it)."""
+        try:
+            expired = self._repository.expire_due(self._clock())
+        except Exception as error:
+            unavailable = unavailable_reason(error)
+            if unavailable is None:
+                raise
+            log.warning("expiry sweep skipped: the database is unavailable (%s)", unavailable)
+            return []
         if expired and self._on_expired is not None:
             try:
                 self._on_expired(expired)

@@ -8,7 +8,9 @@ first message to the channel, the rest into its thread) and keeps each server's 
 for ``status`` in a :class:`ResultStore`: in memory for one process, or
 :class:`RepositoryResultStore` in the database, where every replica sees every replica's
 results (scheduled posts' included). ``status`` also lists the scheduled posts and their next run.
-Every failure ends as a readable message to the person who asked: never silence.
+Every failure ends as a readable message to the person who asked: never silence. While the
+database is unavailable, work that needs it is not done and the requester is told so
+(:func:`bot.replies.database_unavailable_notice`); a check still posts its report.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from bot.render.blocks import (
 from bot.replies import (
     BackgroundCommand,
     busy_notice,
+    check_not_stored_notice,
+    database_unavailable_notice,
     failure_notice,
     not_posted_notice,
     status_summary,
@@ -55,6 +59,7 @@ from bot.replies import (
     with_requester,
 )
 from bot.schedule import NextRun
+from bot.storage.outage import outcome_unknown, unavailable_reason
 from bot.storage.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -324,8 +329,14 @@ class BotService:
         )
 
     def run_check(self, servers: Sequence[ServerSettings], origin: Origin) -> FleetReport:
-        """Check now, remember the results, and post the report."""
+        """Check now, remember the results, and post the report.
+
+        The check itself reads only the servers: while the database is unavailable the report
+        is still posted, and the requester is told that its result was not kept and that the
+        report hooks (the remediation request cards, which need the database) were skipped.
+        """
         report = self.check_servers(servers)
+        unavailable: str | None = None
         for analysis in report.servers:
             checked_at = analysis.taken_at or report.generated_at
             try:
@@ -336,9 +347,22 @@ class BotService:
                     summary=status_summary(analysis),
                     findings_json=findings_json(analysis, checked_at=checked_at, previous=None),
                 ))
-            except Exception:
-                log.exception("could not keep the result of %s for status", analysis.name)
+            except Exception as error:
+                unavailable = unavailable_reason(error)
+                if unavailable is None:
+                    log.exception("could not keep the result of %s for status", analysis.name)
+                    continue
+                log.warning("the results of the check by %s are not kept and no remediation "
+                            "request is made: the database is unavailable (%s)",
+                            origin.user_id, unavailable)
+                break
         ts = self.post_report(report, origin)
+        if unavailable is not None:
+            self.notify(origin, check_not_stored_notice(
+                cards_skipped=bool(self.report_hooks) and any(
+                    a.reachable and a.plan is not None and any(s.runnable for s in a.plan.steps)
+                    for a in report.servers)))
+            return report
         for hook in self.report_hooks:
             hook(report, origin, ts)
         return report
@@ -499,8 +523,18 @@ class BotService:
             self._gate.wait()
             work()
         except Exception as error:
-            log.exception("%s for %s failed", what, origin.user_id)
-            self.notify(origin, failure_notice(what, _readable(error)))
+            unavailable = unavailable_reason(error)
+            if unavailable is None:
+                log.exception("%s for %s failed", what, origin.user_id)
+                self.notify(origin, failure_notice(what, _readable(error)))
+                return
+            unknown = outcome_unknown(error)
+            # Not in the audit trail: the trail is in the database that is unavailable.
+            log.warning("%s for %s not done: the database is unavailable (%s); %s", what,
+                        origin.user_id, unavailable,
+                        "it may have been recorded before the connection was lost" if unknown
+                        else "nothing was changed; not audited (the trail is in that database)")
+            self.notify(origin, database_unavailable_notice(what, outcome_unknown=unknown))
         finally:
             self._done()
 

@@ -17,14 +17,18 @@ server (through :class:`~bot.exchange.session.ExchangeSession`). One run:
 5. The final state: succeeded only when every runnable step finished and the verification
    predicts a publicly trusted outbound certificate (rollbacks: every value restored).
 
-A heartbeat is recorded at every phase; a run whose request stopped being its own (marked
-interrupted by :func:`recover_interrupted` elsewhere) stops before its next step.
+A heartbeat is recorded at every phase and, while the run lasts, every quarter of the
+execution lease by a thread of its own (so a step slower than the lease is not taken for dead);
+a run whose request stopped being its own (marked interrupted by :func:`recover_interrupted`
+elsewhere) stops before its next step.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -75,6 +79,7 @@ from bot.remediation.workflow import (
     tls_name_text,
     unbind_targets,
 )
+from bot.storage.outage import unavailable_reason
 from bot.storage.repository import Applied, Refusal, Repository
 
 log = logging.getLogger(__name__)
@@ -88,8 +93,15 @@ Planner = Callable[[RemediationRequest, RemediationPlan, ServerSnapshot, ServerA
 """(request, approved plan, fresh snapshot, fresh analysis) -> the plan computed now."""
 
 DEFAULT_STALE_AFTER = timedelta(minutes=10)
-"""A running request whose heartbeat is older than this is taken for dead at recovery: longer
-than any phase of a run (each command is bounded by the server's operation time-out)."""
+"""The default execution lease: a running request whose heartbeat is older than this is taken
+for dead at recovery. A live run renews it every quarter of the lease."""
+DEFAULT_EXECUTION_LEASE = DEFAULT_STALE_AFTER
+
+
+def heartbeat_interval(lease: timedelta) -> float:
+    """Seconds between the heartbeats of a run: a quarter of ``lease`` (three may be missed
+    before another replica takes the run for dead)."""
+    return max(lease.total_seconds() / 4, 0.05)
 
 
 def utc_now() -> datetime:
@@ -244,7 +256,8 @@ class RemediationExecutor:
 
     ``owner`` identifies this process in claims and heartbeats (stable per replica, so that a
     restart can recognise its own dead runs). ``on_update`` is called at every step of a run
-    (exceptions it raises are logged, never stop a run).
+    (exceptions it raises are logged, never stop a run). ``lease``: the execution lease; a run
+    renews its heartbeat every quarter of it.
     """
 
     def __init__(
@@ -260,7 +273,10 @@ class RemediationExecutor:
         on_update: UpdateCallback | None = None,
         plan_scope: PlanScope = "all",
         planner: Planner = default_planner,
+        lease: timedelta = DEFAULT_EXECUTION_LEASE,
     ) -> None:
+        if lease <= timedelta(0):
+            raise ValueError("lease must be positive")
         self.repository = repository
         self.audit = audit
         self.sessions = sessions
@@ -271,6 +287,57 @@ class RemediationExecutor:
         self.on_update = on_update
         self.plan_scope = plan_scope
         self.planner = planner
+        self.lease = lease
+        self._active: dict[str, int] = {}
+        self._active_lock = threading.Lock()
+
+    @property
+    def active_runs(self) -> frozenset[str]:
+        """Requests this executor is claiming or running now (never dead, whatever their
+        heartbeat says)."""
+        with self._active_lock:
+            return frozenset(self._active)
+
+    @contextmanager
+    def _registered(self, request_id: str) -> Iterator[None]:
+        # Registered before the claim, so no recovery in this process takes a run it has just
+        # claimed for one left by a dead process of the same replica id.
+        with self._active_lock:
+            self._active[request_id] = self._active.get(request_id, 0) + 1
+        try:
+            yield
+        finally:
+            with self._active_lock:
+                left = self._active.pop(request_id) - 1
+                if left:
+                    self._active[request_id] = left
+
+    @contextmanager
+    def _heartbeats(self, request_id: str) -> Iterator[None]:
+        """Renew the run's heartbeat in a thread of its own until the block ends (or the claim
+        is lost: the run notices before its next step)."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(heartbeat_interval(self.lease)):
+                try:
+                    if not self.repository.heartbeat(request_id, owner=self.owner,
+                                                      now=self.clock()):
+                        return
+                except Exception as error:
+                    unavailable = unavailable_reason(error)
+                    log.warning("the heartbeat of %s could not be recorded (%s); trying again",
+                                request_id, unavailable or type(error).__name__,
+                                exc_info=unavailable is None)
+
+        thread = threading.Thread(target=beat, name=f"exchange-tls-heartbeat-{request_id}",
+                                  daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(5)
 
     def notify(self, update: ExecutionUpdate) -> None:
         if self.on_update is None:
@@ -283,6 +350,10 @@ class RemediationExecutor:
 
     def run(self, request_id: str) -> ExecutionResult:
         """Claim and run one approved request; see the module docstring."""
+        with self._registered(request_id):
+            return self._claim_and_run(request_id)
+
+    def _claim_and_run(self, request_id: str) -> ExecutionResult:
         claim = self.repository.claim_execution(request_id, owner=self.owner, now=self.clock())
         if isinstance(claim, Refusal):
             current = claim.request
@@ -295,11 +366,12 @@ class RemediationExecutor:
                                         details={"code": claim.code.value}))
             return ExecutionResult(request_id, report, current, claim)
         execution = _Run(self, claim.request)
-        try:
-            return execution.execute()
-        except Exception as error:
-            log.exception("remediation %s stopped by an unexpected error", request_id)
-            return execution.fail_unexpectedly(error)
+        with self._heartbeats(request_id):
+            try:
+                return execution.execute()
+            except Exception as error:
+                log.exception("remediation %s stopped by an unexpected error", request_id)
+                return execution.fail_unexpectedly(error)
 
 
 class _Run:
@@ -547,7 +619,8 @@ class _Run:
 
 @dataclass(frozen=True)
 class RecoveryReport:
-    """A run found dead at start-up: now interrupted, with what the server showed."""
+    """A run found dead (at start-up or by another replica): now interrupted, with what the
+    server showed."""
 
     request_id: str
     server: str
@@ -605,22 +678,31 @@ def recover_interrupted(
     clock: Clock | None = None,
     plan_scope: PlanScope = "all",
     on_update: UpdateCallback | None = None,
+    skip: Collection[str] = (),
+    found_by: str | None = None,
 ) -> list[RecoveryReport]:
-    """At start-up: every request left running by a process that died becomes interrupted.
+    """Every request left running by a process that died becomes interrupted.
 
-    Dead means claimed by ``owner`` (this replica's stable id: it just started, so nothing of
-    its own still runs) or with a heartbeat older than ``now - stale_after``. Each server is
-    re-read first; the ``execution_interrupted`` event records what was found and what the
-    audit trail says the run did. Nothing is re-run: that takes a new request and approval.
+    Dead means claimed by ``owner`` (this replica's stable id, given at start-up: nothing of
+    its own still runs) or with a heartbeat older than ``stale_after`` (the execution lease;
+    any replica, at any time). ``skip``: requests this process is running itself, never dead.
+    ``found_by`` names the recovering replica in the audit trail (default ``owner``).
+    Each server is re-read first; the ``execution_interrupted`` event records what was found
+    and what the audit trail says the run did. The change is made only if the run is still the
+    one judged dead (no heartbeat since, same version and claimant), so a run that was merely
+    slow goes on, and of several replicas recovering at once one reports it. Nothing is
+    re-run: that takes a new request and approval.
     """
     read_clock = clock or (lambda: now)
     deadline = now - stale_after
     running = repository.list_requests(states=(State.RUNNING,), limit=100_000)
     dead = [r for r in running
-            if (owner is not None and r.execution_claimed_by == owner)
-            or r.execution_heartbeat_at is None or r.execution_heartbeat_at < deadline]
+            if r.id not in skip
+            and ((owner is not None and r.execution_claimed_by == owner)
+                 or r.execution_heartbeat_at is None or r.execution_heartbeat_at < deadline)]
     reports: list[RecoveryReport] = []
     for request in dead:
+        own = owner is not None and request.execution_claimed_by == owner
         steps = audited_steps(audit.events(request_id=request.id))
         observation = _observe_for_recovery(request, sessions, server_settings, trust,
                                             read_clock, plan_scope)
@@ -630,12 +712,15 @@ def recover_interrupted(
         reason = (f"interrupted: the process running it ({request.execution_claimed_by}) "
                   f"stopped, last heartbeat {heartbeat}. Nothing is re-run without a new "
                   f"approval. Audit trail: {'; '.join(steps)}. Found now: {found}")
-        applied = repository.transition(
-            request.id, State.RUNNING, Event.INTERRUPT, now=now, reason=reason,
-            expected_version=request.version, result=reason,
+        marked_at = read_clock() if clock is not None else now
+        applied = repository.interrupt_execution(
+            request.id, version=request.version, claimed_by=request.execution_claimed_by,
+            heartbeat_before=None if own else marked_at - stale_after, now=marked_at,
+            reason=reason,
             details={"observed": observation.to_json(), "audited_steps": list(steps),
                      "claimed_by": request.execution_claimed_by,
-                     "last_heartbeat": heartbeat})
+                     "last_heartbeat": heartbeat, "found_by": found_by or owner,
+                     "found": "own replica id at start-up" if own else "heartbeat stale"})
         if isinstance(applied, Applied):
             report = RecoveryReport(request.id, request.server, applied.request, True,
                                     observation, steps, reason)
@@ -645,7 +730,7 @@ def recover_interrupted(
                                     f"not marked interrupted: {applied.reason}")
         reports.append(report)
         if on_update is not None and report.interrupted:
-            _notify_recovery(on_update, report, now)
+            _notify_recovery(on_update, report, marked_at)
     return reports
 
 

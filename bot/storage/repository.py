@@ -27,6 +27,7 @@ from bot.remediation.model import Approval, RemediationRequest, RequestKind
 from bot.remediation.policy import Actor, Decision, decide_approval, decide_denial
 from bot.remediation.states import Event, State, approval_event, next_state
 from bot.storage import schema
+from bot.storage.outage import transaction
 from bot.storage.schema import advisory_xact_lock, configure_engine
 
 _requests = schema.requests
@@ -229,7 +230,7 @@ class Repository:
         ``request_created`` by its requester."""
         if request.state is not State.PENDING or request.approvals:
             raise ValueError("a new request is pending and has no approvals")
-        with self._engine.begin() as connection:
+        with transaction(self._engine) as connection:
             connection.execute(insert(_requests).values(
                 id=request.id, kind=request.kind, server=request.server,
                 plan_hash=request.plan_hash, plan_json=request.plan_json,
@@ -254,7 +255,7 @@ class Repository:
     def set_message_ref(self, request_id: str, channel: str,
                         message_ts: str) -> RemediationRequest | None:
         """Remember the card's Slack message (not a state change: the version stays)."""
-        with self._engine.begin() as connection:
+        with transaction(self._engine) as connection:
             connection.execute(update(_requests).where(_requests.c.id == request_id)
                                .values(channel=channel, message_ts=message_ts))
             return self._load(connection, request_id)
@@ -321,7 +322,7 @@ class Repository:
 
     def _approve(self, request_id: str, actor: Actor, settings: ApprovalSettings,
                  now: datetime) -> Applied | Refusal:
-        with self._engine.begin() as connection:
+        with transaction(self._engine) as connection:
             request = self._load(connection, request_id, lock=True)
             if request is None:
                 return Refusal(RefusalCode.NOT_FOUND, f"no request {request_id}")
@@ -357,7 +358,7 @@ class Repository:
         prefer :meth:`approve`, which decides and audits in the same transaction.
         """
         try:
-            with self._engine.begin() as connection:
+            with transaction(self._engine) as connection:
                 request = self._load(connection, request_id)
                 if request is None:
                     return Refusal(RefusalCode.NOT_FOUND, f"no request {request_id}")
@@ -388,7 +389,7 @@ class Repository:
 
     def _deny(self, request_id: str, actor: Actor, settings: ApprovalSettings,
               now: datetime, reason: str | None) -> Applied | Refusal:
-        with self._engine.begin() as connection:
+        with transaction(self._engine) as connection:
             request = self._load(connection, request_id, lock=True)
             if request is None:
                 return Refusal(RefusalCode.NOT_FOUND, f"no request {request_id}")
@@ -421,7 +422,7 @@ class Repository:
         expected_state = State(expected_state)
         next_state(expected_state, event)
         try:
-            with self._engine.begin() as connection:
+            with transaction(self._engine) as connection:
                 request = self._load(connection, request_id)
                 if request is None:
                     return Refusal(RefusalCode.NOT_FOUND, f"no request {request_id}")
@@ -451,7 +452,7 @@ class Repository:
         the same server (stays approved: try later), and when not approved (CONFLICT).
         """
         try:
-            with self._engine.begin() as connection:
+            with transaction(self._engine) as connection:
                 request = self._load(connection, request_id, lock=True)
                 if request is None:
                     return Refusal(RefusalCode.NOT_FOUND, f"no request {request_id}")
@@ -485,7 +486,7 @@ class Repository:
 
     def heartbeat(self, request_id: str, *, owner: str, now: datetime) -> bool:
         """Record that ``owner`` is still running the request; False if it no longer is."""
-        with self._engine.begin() as connection:
+        with transaction(self._engine) as connection:
             changed = connection.execute(
                 update(_requests).where(_requests.c.id == request_id,
                                         _requests.c.state == State.RUNNING.value,
@@ -514,6 +515,37 @@ class Repository:
                            "the process running it stopped before it finished; nothing was "
                            "retried: check the server")
 
+    def interrupt_execution(self, request_id: str, *, version: int, claimed_by: str | None,
+                            heartbeat_before: datetime | None, now: datetime, reason: str,
+                            details: dict[str, Any] | None = None) -> Applied | Refusal:
+        """Mark a run found dead as interrupted, audited in the same transaction, only if it
+        is still the run that was judged dead: running at ``version``, claimed by
+        ``claimed_by`` and, with ``heartbeat_before``, with no heartbeat since then (a runner
+        that was only slow wins: CONFLICT, nothing changes)."""
+        try:
+            with transaction(self._engine) as connection:
+                request = self._load(connection, request_id, lock=True)
+                if request is None:
+                    return Refusal(RefusalCode.NOT_FOUND, f"no request {request_id}")
+                if request.state is not State.RUNNING or request.version != version \
+                        or request.execution_claimed_by != claimed_by:
+                    raise _Conflict
+                beat = request.execution_heartbeat_at
+                if heartbeat_before is not None and beat is not None and beat >= heartbeat_before:
+                    return Refusal(RefusalCode.CONFLICT,
+                                   f"request {request_id} has a heartbeat from "
+                                   f"{request.execution_claimed_by} since: it is alive", request)
+                after = self._cas_state(connection, request, Event.INTERRUPT, now, reason)
+                applied = Applied(after, request.state, Event.INTERRUPT)
+                self._audit_change(connection, applied, now, actor_user=None, actor_team=None,
+                                   result=reason, details=details)
+                return applied
+        except _Conflict:
+            current = self.get_request(request_id)
+            return Refusal(RefusalCode.CONFLICT,
+                           f"request {request_id} changed since it was found dead (now "
+                           f"{current.state.value if current else 'gone'})", current)
+
     def expire_due(self, now: datetime) -> list[RemediationRequest]:
         """Expire pending requests whose time is up; returns those this call expired."""
         query = (select(_requests).where(_requests.c.state == State.PENDING.value,
@@ -523,7 +555,7 @@ class Repository:
                                                "not approved in time")]
 
     def _sweep(self, query: Select[Any], event: Event, now: datetime, reason: str) -> list[Applied]:
-        with self._engine.begin() as connection:
+        with transaction(self._engine) as connection:
             applied: list[Applied] = []
             for request in self._load_many(connection, query):
                 try:
@@ -563,7 +595,7 @@ class Repository:
                    reason: str | None = None) -> FreezeChange:
         """Freeze or unfreeze (the caller checked :func:`~bot.remediation.policy.may_freeze`);
         audited as ``freeze`` / ``unfreeze`` when it changes anything."""
-        with self._engine.begin() as connection:
+        with transaction(self._engine) as connection:
             before = self._freeze_state(connection, lock=True)
             if before.frozen == frozen:
                 return FreezeChange(before, before)
@@ -585,7 +617,7 @@ class Repository:
     def record_check_result(self, server: str, *, checked_at: datetime, verdict: str,
                             findings_json: str, source: str | None = None) -> CheckResult:
         """Keep one server's result of a check run (``findings_json``: opaque JSON text)."""
-        with self._engine.begin() as connection:
+        with transaction(self._engine) as connection:
             inserted = connection.execute(insert(schema.check_results).values(
                 server=server, checked_at=checked_at, verdict=verdict,
                 findings_json=findings_json, source=source))
@@ -626,12 +658,12 @@ class Repository:
         claim = _insert_ignoring_duplicates(self._engine, fires).values(
             schedule_id=schedule_id, fire_time=fire_time, claimed_by=owner,
             claimed_at=now, attempts=1).returning(fires.c.schedule_id)
-        with self._engine.begin() as connection:
+        with transaction(self._engine) as connection:
             if connection.execute(claim).first() is not None:
                 return True
         if lease is None:
             return False
-        with self._engine.begin() as connection:
+        with transaction(self._engine) as connection:
             taken = connection.execute(
                 update(fires).where(and_(fires.c.schedule_id == schedule_id,
                                          fires.c.fire_time == fire_time,
@@ -645,7 +677,7 @@ class Repository:
                                now: datetime) -> bool:
         """Mark the claimed post as done; False if ``owner`` no longer holds the claim."""
         fires = schema.schedule_fires
-        with self._engine.begin() as connection:
+        with transaction(self._engine) as connection:
             done = connection.execute(
                 update(fires).where(fires.c.schedule_id == schedule_id,
                                     fires.c.fire_time == fire_time,
