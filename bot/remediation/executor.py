@@ -344,9 +344,14 @@ class RemediationExecutor:
             return
         try:
             self.on_update(update)
-        except Exception:
-            log.exception("on_update failed for %s (%s); the run goes on",
-                          update.request_id, update.kind)
+        except Exception as error:
+            reason = unavailable_reason(error)
+            if reason is None:
+                log.exception("on_update failed for %s (%s); the run goes on",
+                              update.request_id, update.kind)
+            else:
+                log.warning("on_update for %s (%s) incomplete: the database is unavailable (%s)",
+                            update.request_id, update.kind, reason)
 
     def run(self, request_id: str) -> ExecutionResult:
         """Claim and run one approved request; see the module docstring."""
@@ -370,6 +375,11 @@ class RemediationExecutor:
             try:
                 return execution.execute()
             except Exception as error:
+                reason = unavailable_reason(error)
+                if reason is not None:
+                    log.warning("remediation %s stopped: the database became unavailable (%s)",
+                                request_id, reason)
+                    return execution.stop_without_database()
                 log.exception("remediation %s stopped by an unexpected error", request_id)
                 return execution.fail_unexpectedly(error)
 
@@ -450,6 +460,20 @@ class _Run:
     def heartbeat(self) -> bool:
         return self.x.repository.heartbeat(self.request.id, owner=self.x.owner,
                                            now=self.x.clock())
+
+    def stop_without_database(self) -> ExecutionResult:
+        """The database went away mid-run: nothing more runs, as nothing more could be audited.
+
+        The request stays *running* in the database; recovery (the next start, or a replica's
+        look for runs whose heartbeat stopped) marks it interrupted and reads the server again.
+        """
+        text = ("the bot's database became unavailable during the run: it stopped before its "
+                "next step and nothing more runs. Once the database is back the request is "
+                "marked interrupted and the server is read again")
+        report = self.report("lost", text, State.RUNNING)
+        self.x.notify(ExecutionUpdate("lost", self.x.clock(), self.request.id, self.request,
+                                      report, message=text))
+        return ExecutionResult(self.request.id, report, None)
 
     def fail_unexpectedly(self, error: Exception) -> ExecutionResult:
         reason = (f"stopped by an unexpected error in exchange-tls ({type(error).__name__}); "
