@@ -81,8 +81,7 @@ DESERIALIZED_PREFIX = "Deserialized."
 log = logging.getLogger(__name__)
 
 _MAX_DEPTH = 64
-_LIST_TAGS = frozenset({"LST", "IE", "STK", "QUE"})
-_CONTAINER_TAGS = _LIST_TAGS | {"DCT"}
+_CONTAINER_TAGS = frozenset({"LST", "IE", "STK", "QUE", "DCT"})
 
 
 class ClixmlError(ValueError):
@@ -283,69 +282,41 @@ def _pypsrp_generic(converter: _Converter, value: Any) -> object:
             properties[str(name)] = converter.convert(item)
     carried: object = None
     for entry in value.property_sets or ():
-        if isinstance(entry, _ContainerItems):
-            items = tuple(converter.convert(item) for item in entry)
+        container = _container_in(entry)
+        if isinstance(container, _ContainerEntries):
+            properties.update((key, converter.convert(item)) for key, item in container.items())
+        elif isinstance(container, _ContainerItems):
+            items = tuple(converter.convert(item) for item in container)
             if not properties:
                 return items
             carried = items
-        elif isinstance(entry, _ContainerEntries):
-            properties.update((key, converter.convert(item)) for key, item in entry.items())
-        elif isinstance(entry, str) and entry.lstrip().startswith("<"):
-            container = _pypsrp_container(converter, entry)
-            if container is None:
-                carried = entry
-            elif isinstance(container, tuple):
-                if not properties:
-                    return container
-                carried = container
-            else:
-                properties.update(container)
         else:
             carried = converter.convert(entry)
     return RemoteObject(types, properties, to_string, carried)
 
 
-def _pypsrp_container(converter: _Converter,
-                      xml_text: str) -> tuple[object, ...] | dict[str, object] | None:
-    """Plain pypsrp 0.9 leaves Exchange's ``MultiValuedProperty`` lists as raw ``<LST>`` text.
+def _container_in(entry: object) -> _ContainerItems | _ContainerEntries | None:
+    """The list or dictionary ``entry`` holds: read already, or left as XML text by plain pypsrp.
 
-    (:class:`TolerantPypsrpSerializer` reads them in place.) Their items are read here with a
-    fresh serializer. References to objects or type
-    names defined outside the list cannot be resolved (pypsrp did not keep them): such an item
-    keeps its ToString but loses its type names or becomes ``None``.
+    Plain pypsrp 0.9 leaves Exchange's ``MultiValuedProperty`` lists as raw ``<LST>`` text
+    (:class:`TolerantPypsrpSerializer` reads them in place); such text is read here with a fresh
+    serializer. References to objects or type names defined outside the list cannot be
+    resolved then (pypsrp did not keep them): such an item keeps its ToString but loses its
+    type names or becomes ``None``.
     """
+    if isinstance(entry, _ContainerItems | _ContainerEntries):
+        return entry
+    if not (isinstance(entry, str) and entry.lstrip().startswith("<")):
+        return None
     try:
         # pypsrp produced this text with ElementTree.tostring: it holds no DTD.
-        element = ElementTree.fromstring(xml_text)  # noqa: S314
+        element = ElementTree.fromstring(entry)  # noqa: S314
     except ElementTree.ParseError:
         return None
     _strip_namespaces(element)
-    serializer = TolerantPypsrpSerializer()
-    if element.tag in _LIST_TAGS:
-        items = []
-        for child in element:
-            try:
-                items.append(converter.convert(serializer.deserialize(child, clear=False)))
-            except Exception:  # pypsrp raises assorted errors on partial XML
-                items.append(None)
-        return tuple(items)
-    if element.tag == "DCT":
-        entries: dict[str, object] = {}
-        for entry in element.findall("En"):
-            key_element = entry.find("*[@N='Key']")
-            value_element = entry.find("*[@N='Value']")
-            if key_element is None:
-                continue
-            try:
-                key = serializer.deserialize(key_element, clear=False)
-                item = (None if value_element is None
-                        else serializer.deserialize(value_element, clear=False))
-            except Exception:  # as above; the entry is dropped
-                key, item = None, None
-            if key is not None:
-                entries[str(key)] = converter.convert(item)
-        return entries
-    return None
+    if element.tag not in _CONTAINER_TAGS:
+        return None
+    return TolerantPypsrpSerializer()._read_untyped_container(element)
 
 
 class _ContainerItems(list[Any]):
@@ -582,7 +553,8 @@ class TolerantPypsrpSerializer(PypsrpSerializer):
             obj._xml = text
         return obj
 
-    def _read_untyped_container(self, element: ElementTree.Element) -> Any:
+    def _read_untyped_container(
+            self, element: ElementTree.Element) -> _ContainerItems | _ContainerEntries:
         """A list or dictionary pypsrp 0.9 would return as XML text, read in place.
 
         Reading it with this serializer's tables resolves ``<Ref>``/``<TNRef>`` between its
