@@ -26,6 +26,7 @@ from bot.remediation.model import new_request
 from bot.remediation.policy import Actor
 from bot.storage.repository import Applied, Refusal, Repository
 from bot.storage.schema import GENESIS_HASH
+from tests.clocks import TickingClock
 
 pytest_plugins = ("tests.conftest_db",)
 
@@ -33,20 +34,10 @@ START = datetime(2025, 3, 30, 0, 59, 59, 999999, tzinfo=UTC)
 TOKEN = "xoxb-1234567890-0987654321-AbCdEfGhIjKlMnOpQrStUvWx"
 
 
-class TickingClock:
-    """A clock that moves one second at every reading."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(seconds=1)
-        return self.now
-
-
 @pytest.fixture
 def audit(migrated_engine: Engine) -> AuditLog:
-    return AuditLog(migrated_engine, bot_version="0.1.0-test", clock=TickingClock(),
+    return AuditLog(migrated_engine, bot_version="0.1.0-test",
+                    clock=TickingClock(START, timedelta(seconds=1)),
                     secret_values=["Lab-Passw0rd!", "abc"])
 
 

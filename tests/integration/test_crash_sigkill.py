@@ -66,8 +66,8 @@ from bot.slack_standin import (
 from bot.storage import create_engine_from_url
 from bot.storage.repository import Applied, Refusal, RefusalCode, Repository
 from bot.transcript import buttons_of
-from tests.integration.test_remediation_slack import APPROVER, _factory, request_id_of
-from tests.integration.test_replicas import BotProcess, Fleet, running_fleet, wait_until
+from tests.bot_processes import BotProcess, Fleet, running_fleet, wait_until
+from tests.slack_bots import APPROVER, bot_factory, request_id_of
 
 pytest_plugins = ("tests.conftest_db",)
 pytestmark = pytest.mark.slow
@@ -464,7 +464,7 @@ def test_recovery_leaves_the_runs_of_its_own_process_alone(migrated_engine: Engi
 def test_an_approved_request_its_replica_never_started_is_started_by_another_once(
         tmp_path: Path) -> None:
     with ExitStack() as stack:
-        bot = _factory(stack, f"sqlite:///{tmp_path / 'bot.db'}")()
+        bot = bot_factory(stack, f"sqlite:///{tmp_path / 'bot.db'}")()
         card = bot.check()
         request_id = request_id_of(card)
         remediation = bot.remediation

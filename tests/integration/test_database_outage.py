@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -70,7 +69,8 @@ from bot.storage.outage import CommitOutcomeUnknown, outcome_unknown, unavailabl
 from bot.storage.repository import Repository
 from bot.storage.schema import schedule_fires
 from bot.transcript import buttons_of
-from tests.clocks import ManualClock
+from tests.clocks import ManualClock, TickingClock
+from tests.slack_bots import request_id_of
 from tests.tcp_proxy import CuttableProxy
 
 pytest_plugins = ("tests.conftest_db",)
@@ -81,7 +81,6 @@ HEALTH = "C0HEALTH"
 REQUESTER = DEFAULT_USER_ID
 """Runs the checks; an approver and the admin."""
 APPROVER = "U0APPROVER1"
-REQUEST_ID = re.compile(r"R-[A-Z2-7]{10}")
 UNAVAILABLE = ("was not done: the bot's database is unavailable, so nothing was changed. "
                "Please try again in a moment.")
 NOT_SHOWN = ("Traceback", "OperationalError", "psycopg", "sqlite3", "Connection refused",
@@ -124,19 +123,6 @@ class SqliteFileOutage:
         for away, kept in self._moved:
             away.rename(kept)
         self._moved.clear()
-
-
-class FakeClock:
-    """The bot's clock: real time at the start, a millisecond more at each reading."""
-
-    def __init__(self) -> None:
-        self._now = datetime.now(UTC)
-        self._lock = threading.Lock()
-
-    def __call__(self) -> datetime:
-        with self._lock:
-            self._now += timedelta(milliseconds=1)
-            return self._now
 
 
 @dataclass
@@ -217,12 +203,6 @@ class Bot:
         return sum(1 for entry in self.org.call_log() if entry.cmdlet == cmdlet)
 
 
-def request_id_of(card: StoredMessage) -> str:
-    found = REQUEST_ID.search(card.text)
-    assert found is not None, card.text
-    return found.group(0)
-
-
 def proxied(url: str, proxy: CuttableProxy) -> str:
     return make_url(url).set(host="127.0.0.1", port=proxy.port).render_as_string(
         hide_password=False)
@@ -270,7 +250,8 @@ def bot(db_url: str, tmp_path: Path) -> Iterator[Bot]:
             trust=trust_store_for(TrustSettings(include_certifi=False),
                                   org.public_root_certificates()),
             credentials=lambda _server: Credentials(user.qualified_name, user.password),
-            storage=storage, replica="replica-1", clock=FakeClock())
+            storage=storage, replica="replica-1",
+            clock=TickingClock(datetime.now(UTC), timedelta(milliseconds=1)))
         stack.callback(runtime.close, 30)
         assert runtime.remediation is not None
         assert runtime.remediation.wait_started(10)

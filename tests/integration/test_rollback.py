@@ -23,7 +23,7 @@ from bot.remediation.workflow import (
     propose_rollback,
     rollback_unavailable_reason,
 )
-from tests.integration.test_executor import (
+from tests.executor_env import (
     APPROVAL,
     REQUESTER,
     TEAM,
