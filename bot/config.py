@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 AuthMethod = Literal["kerberos", "negotiate", "ntlm", "basic", "credssp"]
@@ -45,7 +45,23 @@ class ConfigError(ValueError):
 
 _SLACK_TOKEN = re.compile(r"\bx(?:ox[a-z]|app)-[A-Za-z0-9-]+")
 _URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^\s'\"/@]*@")
-_URL_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@]*:[^/@]*@")
+_URL_USER_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^?#@/]*:[^?#]*@")
+SECRET_URL_PARAMETERS = frozenset({"password", "sslpassword"})
+"""libpq connection parameters that hold secrets (a URL's query may carry any parameter)."""
+
+
+def database_url_has_secret(url: str) -> bool:
+    """Whether a database URL carries a password: ``user:password@`` (however the password is
+    written) or a ``password``/``sslpassword`` parameter, also inside a ``dbname`` conninfo."""
+    if _URL_USER_PASSWORD.match(url):
+        return True
+    query = urlsplit(url).query if "?" in url else ""
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key.strip().lower() in SECRET_URL_PARAMETERS:
+            return True
+        if re.search(r"\b(?:ssl)?password\s*=", value, flags=re.IGNORECASE):
+            return True
+    return False
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+(?:\[\d+\])?$")
 
 
@@ -492,7 +508,7 @@ def parse_settings(text: str, *, source: str = "<config>") -> Settings:
     storage_url = storage_section.get("url", str, StorageSettings.url)
     if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", storage_url):
         raise storage_section.error("url", "must be a sqlite:/// or postgresql+psycopg:// URL")
-    if _URL_PASSWORD.match(storage_url):
+    if database_url_has_secret(storage_url):
         raise storage_section.error(
             "url",
             "must not contain a password: secrets come from the environment (PGPASSWORD) or "

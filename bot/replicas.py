@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from bot.audit import AuditLog
-from bot.config import Settings
+from bot.config import SECRET_URL_PARAMETERS, Settings
 from bot.remediation.executor import DEFAULT_EXECUTION_LEASE
 from bot.schedule import DEFAULT_CLAIM_LEASE
 from bot.storage import SchemaTooNew, create_engine_from_url, upgrade
@@ -70,11 +70,16 @@ class Storage(NamedTuple):
 
 
 def shown_url(url: str) -> str:
-    """``url`` without its password, for messages."""
+    """``url`` without its password or any secret query parameter, for messages."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
         return "(an unreadable storage URL)"
+    if any(key.lower() in SECRET_URL_PARAMETERS or "password" in str(value).lower()
+           for key, value in parsed.query.items()):
+        parsed = parsed.set(query={})
+        return parsed.render_as_string(hide_password=True) + "?***"
+    return parsed.render_as_string(hide_password=True)
 
 
 def secret_values(settings: Settings, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:

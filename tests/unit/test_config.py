@@ -160,3 +160,32 @@ def test_long_bad_values_are_cut_in_messages() -> None:
     message = str(error.value)
     assert "(5001 characters)" in message
     assert len(message) < 400
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://bot@db/exchange_tls?password=S3cret-pw",
+        "postgresql+psycopg://bot@db/exchange_tls?sslmode=require&PASSWORD=S3cret-pw",
+        "postgresql+psycopg://bot:S3cret/pw@db/exchange_tls",
+        "postgresql+psycopg://bot@db/x?dbname=host%3Ddb%20password%3DS3cret-pw",
+    ],
+)
+def test_every_way_of_writing_a_database_password_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_settings(MINIMAL + f'[storage]\nurl = "{url}"\n')
+    assert "storage.url: must not contain a password" in str(error.value)
+    assert "S3cret" not in str(error.value)
+
+
+def test_a_sqlite_path_with_a_colon_and_an_at_sign_is_not_a_password() -> None:
+    settings = parse_settings(MINIMAL + '[storage]\nurl = "sqlite:///srv/a:b@c.db"\n')
+    assert settings.storage.url == "sqlite:///srv/a:b@c.db"
+
+
+def test_storage_urls_in_messages_hide_passwords_and_secret_parameters() -> None:
+    from bot.replicas import shown_url
+
+    assert shown_url("postgresql+psycopg://bot@db:5432/x?password=S3cret-pw") == (
+        "postgresql+psycopg://bot@db:5432/x?***")
+    assert "S3cret" not in shown_url("postgresql+psycopg://bot:S3cret@db/x?sslmode=require")
