@@ -110,6 +110,7 @@ class LabFleet:
     def __init__(self, names: list[str], latency_ms: int, directory: Path,
                  processes: int, nice: int = 0) -> None:
         self.labs: list[LabProcess] = []
+        self.nice = nice
         self._lab_of: dict[str, LabProcess] = {}
         try:
             for index in range(max(1, min(processes, len(names)))):
@@ -207,6 +208,7 @@ def fleet_lines(lab: LabFleet, trust: TrustStore, credentials: Credentials,
     ratio = median / single_cold
     goal = (f"(goal: <= 3x): {'PASS' if ratio <= 3 else 'FAIL'}" if servers == 50
             else "(the 3x goal is set for 50 servers)")
+    goal += f"; lab: {len(lab.labs)} processes at nice {lab.nice}"
     lines.append(f"fleet median {median * 1000:.0f} ms (runs: "
                  f"{', '.join(f'{t * 1000:.0f}' for t in times)} ms) / single-server cold "
                  f"{single_cold * 1000:.0f} ms = {ratio:.2f}x {goal}")
@@ -271,13 +273,20 @@ def run(servers: int, latency_ms: int, concurrency: int, repeats: int,
     return "\n".join(lines) + "\n"
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--servers", type=int, default=50)
     parser.add_argument("--latency-ms", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--lab-processes", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--lab-processes", type=positive, default=os.cpu_count() or 1,
                         help="lab processes serving the fleet (default: one per CPU)")
     parser.add_argument("--lab-nice", type=int, default=10,
                         help="niceness of the lab processes (default 10; 0: same as the client)")

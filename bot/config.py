@@ -101,7 +101,7 @@ def _host_problem(host: str) -> str | None:
     labels = host.rstrip(".").split(".")
     if len(host) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
         return "has a host name that is not a DNS name (letters, digits, '-' and dots)"
-    if labels[-1].isdigit():
+    if not labels[-1][0].isalpha():  # 10.0.0.999, 0x7f000001: numbers a resolver may read
         return "has a host name that is neither a DNS name nor an IP address"
     return None
 

@@ -57,7 +57,7 @@ _MAX_BODY = 64 * 1024 * 1024
 _IDLE_CONNECTION_TIMEOUT = 600.0
 _TLS_HANDSHAKE_TIMEOUT = 10.0
 MAX_CONNECTIONS = 256
-"""Connections served at once (a thread each), counted when set up; more are closed at once."""
+"""Connections served at once (a thread each, from accept to close); more are closed at once."""
 
 
 class LabHTTPError(RuntimeError):
@@ -257,7 +257,13 @@ class _ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
         self.server_port = int(port)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        return self.lab.admit()
+        return self.lab.admit(request)
+
+    def shutdown_request(self, request: Any) -> None:
+        try:
+            super().shutdown_request(request)
+        finally:
+            self.lab.release(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("lab connection from %s ended with an error", client_address, exc_info=True)
@@ -504,6 +510,7 @@ class LabHTTPServer:
         self._count_lock = threading.Lock()
         self.max_connections = max_connections
         self.refused_connections = 0
+        self._admitted: set[int] = set()
 
     @property
     def scheme(self) -> str:
@@ -566,14 +573,25 @@ class LabHTTPServer:
         with self._count_lock:
             self._request_count += 1
 
-    def admit(self) -> bool:
-        """Whether a new connection may be served (at most ``max_connections`` at once)."""
+    def admit(self, connection: object) -> bool:
+        """Take a place for a new connection, if one of ``max_connections`` is free.
+
+        Counted from accept to close, TLS handshake included; :meth:`release` gives it back.
+        """
         with self._connections_lock:
-            if len(self._connections) < self.max_connections:
+            if len(self._admitted) < self.max_connections:
+                self._admitted.add(id(connection))
                 return True
             self.refused_connections += 1
-        log.warning("lab: %d connections open; a new one is refused", self.max_connections)
+            first = self.refused_connections == 1
+        if first:
+            log.warning("lab: %d connections open; new ones are refused (counted in "
+                        "refused_connections)", self.max_connections)
         return False
+
+    def release(self, connection: object) -> None:
+        with self._connections_lock:
+            self._admitted.discard(id(connection))
 
     def track(self, connection: socket.socket) -> None:
         with self._connections_lock:

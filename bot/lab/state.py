@@ -204,6 +204,14 @@ class LabFaults:
     wsman_fault: LabWSManFault | None = None
     slow_cmdlets: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.latency_ms <= MAX_LATENCY_MS:
+            raise ValueError(f"latency_ms must be 0 to {MAX_LATENCY_MS}, got {self.latency_ms}")
+        for cmdlet, seconds in self.slow_cmdlets.items():
+            if not 0 <= seconds <= MAX_SLOW_CMDLET_SECONDS:
+                raise ValueError(f"slow_cmdlets[{cmdlet!r}] must be 0 to "
+                                 f"{MAX_SLOW_CMDLET_SECONDS:g} seconds, got {seconds}")
+
 
 @dataclass(frozen=True)
 class LabState:

@@ -222,3 +222,27 @@ def test_connections_beyond_the_cap_are_closed_and_the_lab_keeps_serving() -> No
                 time.sleep(0.01)
         assert status == 401
         held[1].close()
+
+
+def test_connections_stuck_before_their_tls_handshake_count_against_the_cap() -> None:
+    organisation = ExchangeOrganisation(default_state(now=datetime.now(UTC)),
+                                        clock=lambda: datetime.now(UTC))
+    with LabServer(organisation, auth="basic", https=True, max_connections=2) as capped:
+        idle = [socket.create_connection((capped.host, capped.port), timeout=10)
+                for _ in range(2)]
+        deadline = time.monotonic() + 10
+        refused = False
+        while not refused and time.monotonic() < deadline:
+            extra = socket.create_connection((capped.host, capped.port), timeout=10)
+            try:
+                refused = extra.recv(1) == b""
+            except ConnectionResetError:
+                refused = True
+            except TimeoutError:
+                pass
+            finally:
+                extra.close()
+        assert refused
+        assert capped.refused_connections >= 1
+        for connection in idle:
+            connection.close()

@@ -12,6 +12,7 @@ from bot.exchange.snapshot import ExchangeService, RootCAType
 from bot.lab.state import (
     LabCA,
     LabCertificateSpec,
+    LabFaults,
     LabState,
     LabStateError,
     default_state,
@@ -417,3 +418,11 @@ def test_direct_construction_defaults() -> None:
     assert spec.services == ExchangeService.NONE
     assert not spec.self_signed
 
+
+
+def test_faults_made_in_code_are_bounded_too() -> None:
+    with pytest.raises(ValueError, match="latency_ms must be 0 to 60000"):
+        LabFaults(latency_ms=10**9)
+    with pytest.raises(ValueError, match="slow_cmdlets"):
+        LabFaults(slow_cmdlets={"Get-Queue": float("inf")})
+    assert LabFaults(latency_ms=60_000).latency_ms == 60_000

@@ -107,6 +107,8 @@ def test_basic_over_http_is_flagged() -> None:
         ("http://-ex01.contoso.com/PowerShell/", "not a DNS name"),
         ("http://ex01_contoso.com/PowerShell/", "not a DNS name"),
         ("http://10.0.0.999/PowerShell/", "neither a DNS name nor an IP address"),
+        ("http://0x7f000001/PowerShell/", "neither a DNS name nor an IP address"),
+        ("http://017700000001/PowerShell/", "neither a DNS name nor an IP address"),
     ],
 )
 def test_server_urls_need_a_sound_host(url: str, expected: str) -> None:
