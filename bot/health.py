@@ -288,6 +288,9 @@ class HealthSummary:
     """Anything is critical: the configured principal is mentioned."""
     mention: str | None = None
     """The configured user-group or user ID (mentioned only when ``critical``)."""
+    previous_unavailable: bool = False
+    """The previous post's results could not be read (the bot's database was unavailable):
+    nothing is compared, and the post says so."""
 
     @property
     def generated_at(self) -> datetime:
@@ -295,7 +298,10 @@ class HealthSummary:
 
     @property
     def first_checks(self) -> tuple[str, ...]:
-        """Servers with no previous stored result (nothing to compare with)."""
+        """Servers with no previous stored result (nothing to compare with); none when the
+        previous results could not be read."""
+        if self.previous_unavailable:
+            return ()
         return tuple(s.name for s in self.servers if not s.compared)
 
     @property
@@ -356,14 +362,18 @@ def _expiring(server: ServerAnalysis) -> list[ExpiringCertificate]:
 
 
 def summarise(report: FleetReport, previous: Mapping[str, str | None], now: datetime, *,
-              mention: str | None = None) -> HealthSummary:
+              mention: str | None = None,
+              previous_unavailable: bool = False) -> HealthSummary:
     """Compare ``report`` with the previous post.
 
     ``previous`` maps a server name (case-insensitive) to the findings JSON stored for it by
     the previous post (:func:`findings_json`), or None when there is none. A server without a
-    previous result has nothing new or resolved: it is listed in ``first_checks``.
+    previous result has nothing new or resolved: it is listed in ``first_checks``. With
+    ``previous_unavailable`` (the previous results could not be read) nothing is compared and
+    ``previous`` is ignored.
     """
-    previous_by_name = {name.casefold(): text for name, text in previous.items()}
+    previous_by_name = ({} if previous_unavailable
+                        else {name.casefold(): text for name, text in previous.items()})
     servers: list[ServerHealth] = []
     new: list[FindingChange] = []
     resolved: list[FindingChange] = []
@@ -401,4 +411,5 @@ def summarise(report: FleetReport, previous: Mapping[str, str | None], now: date
         unchanged=tuple(sorted(unchanged, key=_change_order)),
         critical=report.verdict == "critical",
         mention=mention,
+        previous_unavailable=previous_unavailable,
     )

@@ -358,6 +358,19 @@ def _line(text: str) -> SlackMessage:
     return message(text, [section(text)])
 
 
+class CardNotRecorded(Exception):
+    """A request's card was posted but its message could not be stored (the database became
+    unavailable): the card was withdrawn and the requester told."""
+
+
+def unrecorded_card_text(request: RemediationRequest) -> str:
+    """What a card whose message could not be stored becomes (and what its requester reads)."""
+    what, again = (("rollback", "Press Rollback on the original card again")
+                   if request.kind == "rollback" else ("remediation", "Run the check again"))
+    return (f"The {what} request {request.id} for {request.server} could not be recorded: "
+            f"the bot's database became unavailable, so it cannot be approved. {again}.")
+
+
 # --------------------------------------------------------------------------- the service
 
 
@@ -403,6 +416,12 @@ class RemediationService:
         self._started = threading.Event()
         self._stopping = threading.Event()
         self._recovery_thread: threading.Thread | None = None
+        self._behind_lock = threading.Lock()
+        self._cards_behind: dict[str, bool] = {}
+        """Requests whose card could not be updated for a database outage (True: the thread
+        also owes the outcome of a run whose end may or may not have been recorded)."""
+        self._open_cards_behind = False
+        """Every open card missed an update (a freeze whose cards could not be listed)."""
 
     @property
     def enabled(self) -> bool:
@@ -436,6 +455,8 @@ class RemediationService:
         for analysis in report.servers:
             try:
                 request = self.propose(analysis, origin)
+            except CardNotRecorded:
+                continue
             except Exception as error:
                 unavailable = unavailable_reason(error)
                 if unavailable is None:
@@ -491,8 +512,33 @@ class RemediationService:
                 f"({reason}), so it was withdrawn."))
             return self.repository.get_request(request.id) or request
         channel = str(response.get("channel") or request.channel)
-        stored = self.repository.set_message_ref(request.id, channel, str(response["ts"]))
+        try:
+            stored = self.repository.set_message_ref(request.id, channel, str(response["ts"]))
+        except Exception as error:
+            unavailable = unavailable_reason(error)
+            if unavailable is None:
+                raise
+            self._withdraw_unrecorded_card(request, channel, str(response["ts"]), origin,
+                                           unavailable)
+            raise CardNotRecorded(request.id) from error
         return stored or request
+
+    def _withdraw_unrecorded_card(self, request: RemediationRequest, channel: str, ts: str,
+                                  origin: Origin, unavailable: str) -> None:
+        """The card was posted but the database could not keep its message: the card (which
+        no click could be checked against) becomes a notice without buttons; the requester is
+        told the same."""
+        log.warning("the card of %s was posted, but its message could not be stored: the "
+                    "database is unavailable (%s); the card is withdrawn", request.id,
+                    unavailable)
+        notice = render_error(unrecorded_card_text(request))
+        try:
+            self.client.chat_update(channel=channel, ts=ts, text=notice.text,
+                                    blocks=list(notice.blocks))
+        except SlackClientError as error:
+            log.warning("could not withdraw the card of %s: %s", request.id,
+                        slack_error_code(error))
+        self.service.notify(origin, notice)
 
     # -- rendering --------------------------------------------------------------------------
 
@@ -523,16 +569,22 @@ class RemediationService:
 
     def refresh_card(self, request_id: str) -> RemediationRequest | None:
         """``chat.update`` the request's card from the database (serialised per request, so a
-        slower, older rendering never lands after a newer one in this process)."""
+        slower, older rendering never lands after a newer one in this process). A card that
+        cannot be read for a database outage is updated by :meth:`recover_abandoned` once the
+        database answers again."""
         with self._card_lock(request_id):
-            request = self.repository.get_request(request_id)
-            if request is None or request.message_ts is None:
-                return request
             try:
+                request = self.repository.get_request(request_id)
+                if request is None or request.message_ts is None:
+                    return request
                 card = render_request_card(self.card_view(request))
             except PlanFormatError as error:
                 log.error("the plan of %s cannot be read: %s", request_id, error)
                 return request
+            except Exception as error:
+                if unavailable_reason(error) is not None:
+                    self._card_behind(request_id)
+                raise
             try:
                 self.client.chat_update(channel=request.channel, ts=request.message_ts,
                                         text=card.text, blocks=list(card.blocks))
@@ -540,6 +592,55 @@ class RemediationService:
                 log.warning("could not update the card of %s: %s", request_id,
                             slack_error_code(error))
             return request
+
+    def _card_behind(self, request_id: str, *, outcome_owed: bool = False) -> None:
+        with self._behind_lock:
+            self._cards_behind[request_id] = outcome_owed or self._cards_behind.get(
+                request_id, False)
+
+    @property
+    def cards_behind(self) -> frozenset[str]:
+        """Requests whose card missed an update for a database outage (not yet caught up)."""
+        with self._behind_lock:
+            return frozenset(self._cards_behind)
+
+    def catch_up_cards(self) -> int:
+        """Update the cards that missed an update for a database outage (and, after a run
+        whose end may or may not have been recorded, tell its thread how it ended); raises
+        the outage when the database is still unavailable (those cards stay to do). How many
+        cards were updated."""
+        with self._behind_lock:
+            every_open, self._open_cards_behind = self._open_cards_behind, False
+        if every_open:
+            try:
+                for request in self.repository.list_requests(states=_OPEN_STATES, limit=200):
+                    self._card_behind(request.id)
+            except Exception:
+                with self._behind_lock:
+                    self._open_cards_behind = True
+                raise
+        with self._behind_lock:
+            behind = dict(self._cards_behind)
+        updated = 0
+        for request_id, outcome_owed in behind.items():
+            with self._behind_lock:
+                self._cards_behind.pop(request_id, None)
+            try:
+                current = self.refresh_card(request_id)
+            except Exception as error:
+                if unavailable_reason(error) is not None and outcome_owed:
+                    self._card_behind(request_id, outcome_owed=True)
+                raise
+            updated += 1
+            if outcome_owed and current is not None and current.is_terminal:
+                self.post_line(current, StateLine(
+                    self.clock(), current.state,
+                    f"the database is back: the end of the run was recorded. "
+                    f"{current.state_reason or ''}".strip()))
+        if updated:
+            log.info("updated %d card(s) that missed an update while the database was "
+                     "unavailable", updated)
+        return updated
 
     def post_line(self, request: RemediationRequest, line: ThreadEvent | SlackMessage) -> None:
         """Add a line to the request card's thread."""
@@ -590,8 +691,14 @@ class RemediationService:
             self.service.notify(click.origin, render_error(
                 f"There is no remediation request {request_id}; nothing was done."))
             return None
-        if request.message_ts is not None and (
-                click.channel_id, click.message_ts) != (request.channel, request.message_ts):
+        if request.message_ts is None:
+            reason = (f"the card of {request_id} is not recorded in the bot's database, so "
+                      "this button cannot be checked; if the card was posted just now, try "
+                      "again in a moment, otherwise run the check again")
+            self._audit_refusal(request, click, "card_not_recorded", reason)
+            self.service.notify(click.origin, render_error(f"Refused: {reason}."))
+            return None
+        if (click.channel_id, click.message_ts) != (request.channel, request.message_ts):
             reason = f"this button is not on the card of {request_id}"
             self._audit_refusal(request, click, "wrong_message", reason)
             self.service.notify(click.origin, render_error(f"Refused: {reason}."))
@@ -652,7 +759,10 @@ class RemediationService:
                 return self._refuse_rollback(original, click, "rollback_unavailable",
                                              error.reason)
             stored = self.repository.create_request(rollback)
-        posted = self._post_new_card(stored, click.origin)
+        try:
+            posted = self._post_new_card(stored, click.origin)
+        except CardNotRecorded:
+            return None
         self.post_line(original, _line(
             f":wrench: <@{escape_mrkdwn(click.user_id)}> requested a "
             f"rollback at {slack_date(now, '{date_short_pretty} {time_secs}')}: request "
@@ -732,7 +842,14 @@ class RemediationService:
                 self._after_state_change(applied.request, applied.request.state_reason)
         server = result.request.server if result.request is not None else None
         if result.claimed and server is not None:
-            self.start_waiting(server)
+            try:
+                self.start_waiting(server)
+            except Exception as error:
+                unavailable = unavailable_reason(error)
+                if unavailable is None:
+                    raise
+                log.warning("the requests waiting for %s start later: the database became "
+                            "unavailable (%s)", server, unavailable)
         return result
 
     def start_waiting(self, server: str) -> None:
@@ -756,6 +873,8 @@ class RemediationService:
             self.post_line(request, line)
         if update.kind == "refused" and update.details.get("code") != "server_busy":
             return
+        if update.kind == "lost" and update.details.get("outcome_unknown"):
+            self._card_behind(request.id, outcome_owed=True)
         self.refresh_card(request.id)
         if update.kind in ("finished", "aborted", "interrupted", "lost") \
                 and request.rollback_of is not None:
@@ -838,8 +957,14 @@ class RemediationService:
                 f":information_source: Remediation is already {state}{since}; nothing changed."))
             return False
         self._announce_freeze(origin, frozen, change.after.reason, now)
-        for request in self.repository.list_requests(states=_OPEN_STATES, limit=200):
-            self.refresh_card(request.id)
+        try:
+            for request in self.repository.list_requests(states=_OPEN_STATES, limit=200):
+                self.refresh_card(request.id)
+        except Exception as error:
+            if unavailable_reason(error) is not None:
+                with self._behind_lock:
+                    self._open_cards_behind = True
+            raise
         return True
 
     def _announce_freeze(self, origin: Origin, frozen: bool, reason: str | None,
@@ -908,8 +1033,14 @@ class RemediationService:
     def _start(self) -> None:
         try:
             self.recover()
-        except Exception:
-            log.exception("recovering interrupted remediation failed")
+        except Exception as error:
+            unavailable = unavailable_reason(error)
+            if unavailable is None:
+                log.exception("recovering interrupted remediation failed")
+            else:
+                log.warning("cannot recover interrupted remediation at start-up: the database "
+                            "is unavailable (%s); looking again every %.1f s", unavailable,
+                            self.recovery_interval)
         finally:
             self._started.set()
         while not self._stopping.wait(self.recovery_interval):
@@ -952,7 +1083,9 @@ class RemediationService:
         execution lease become interrupted (re-read, reported and audited; never re-run), and
         the requests that waited for their server start. Approved requests unchanged for a
         lease on a server where nothing runs (their replica died before starting them) are
-        started, their plan re-checked first."""
+        started, their plan re-checked first. First, cards that missed an update while the
+        database was unavailable are updated (:meth:`catch_up_cards`)."""
+        self.catch_up_cards()
         reports = self._recover_interrupted(owner=None)
         for server in dict.fromkeys(r.server.casefold() for r in reports if r.interrupted):
             self.start_waiting(server)

@@ -250,6 +250,15 @@ def database_unavailable_notice(what: str, *, outcome_unknown: bool = False) -> 
         "Please try again in a moment.")
 
 
+def database_lost_after_recording_notice(what: str) -> SlackMessage:
+    """``what`` was recorded in the database, which then became unavailable before the rest
+    (the card, the thread, what comes next) was done."""
+    return render_error(
+        f"Your {what} was recorded, but the bot's database became unavailable before the bot "
+        "had finished: request cards may show the earlier state until the database is back, "
+        "and what follows (such as the run of an approved request) goes on by itself then.")
+
+
 def check_not_stored_notice(*, cards_skipped: bool) -> SlackMessage:
     """The report was posted, but its result could not be kept (the database is down)."""
     skipped = " and no remediation request was made" if cards_skipped else ""

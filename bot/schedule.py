@@ -12,12 +12,18 @@ start, and whenever a job runs late, only the latest fire time within ``misfire_
 posted.
 
 While the database is unavailable nothing can be claimed, so nothing is posted: the claim of a
-due fire time is tried again every ``database_retry`` (30 s) for as long as it is the
-schedule's latest due time (a later fire time coalesces it, as above); once the database is
-back, one replica's claim wins and that replica posts, once. A post made just before the
-database went away is completed (the same retry) once it is back, so other replicas do not
-take it over and post it again; should the outage outlast the claim lease, they may (the
-window of a replica killed between its post and the completion, widened to the outage).
+due fire time (a takeover's too) is tried again every ``database_retry`` (30 s) for as long as
+it is the schedule's latest due time (a later fire time coalesces it, as above); once the
+database is back, one replica's claim wins and that replica posts, once. A claim tried again
+after an outage never takes over at once: when the fire time is already claimed, it is taken
+over only after one more lease, so a replica that posted during the outage completes its post
+first (below: every ``database_retry``, well within a lease) and it is not posted twice; a
+replica that died holding the claim is taken over, so the post is not lost. A replica that
+claimed before the database went away still posts, without the comparison with the previous
+check (the check reads only the servers; the post says the comparison is missing), and its
+results are stored if the database is back by then. A post made just before or during the
+outage is completed (the same retry) once the database is back, so other replicas do not take
+it over and post it again.
 
 Schedule ids are a hash of what the schedule is (channel, cron or interval, time zone, servers),
 so every replica and every restart agree on them. Interval triggers are anchored at the Unix
@@ -453,19 +459,27 @@ class ScheduleRunner:
         With ``retry_later``, a claim lost to another replica, or won but failed before the
         channel message was out, is tried once more when its lease has passed; then it is taken
         over only if still not completed (its replica died or failed), so the post is not lost.
+        Whatever ``retry_later`` says, a claim (or a takeover) that finds the database
+        unavailable is tried again while ``fire_time`` is the schedule's latest due time.
         """
+        return self._fire(schedule_id, fire_time, retry_later=retry_later, take_over=True)
+
+    def _fire(self, schedule_id: str, fire_time: datetime, *, retry_later: bool,
+              take_over: bool) -> FireOutcome:
+        """:meth:`fire`; without ``take_over`` an expired claim is not taken over now (a lost
+        claim is then tried again after the lease, even without ``retry_later``)."""
         schedule = self._schedules[schedule_id]
         fire_time = fire_time.astimezone(UTC)
         try:
             claimed = self._repository.claim_schedule_fire(
                 schedule_id, fire_time, owner=self._owner, now=self._clock(),
-                lease=self._claim_lease)
+                lease=self._claim_lease if take_over else None)
         except Exception as error:
             unavailable = unavailable_reason(error)
             if unavailable is None:
                 raise
-            again = retry_later and self._retry_when_available(
-                self._claim_again, schedule_id, fire_time, job="claim")
+            again = self._retry_when_available(self._claim_again, schedule_id, fire_time,
+                                               job="claim")
             log.warning("scheduled post %s at %s not claimed: the database is unavailable "
                         "(%s); %s", schedule.label, fire_time, unavailable,
                         f"claiming it again in {self._database_retry.total_seconds():g} s"
@@ -473,7 +487,7 @@ class ScheduleRunner:
             return FireOutcome(schedule_id, fire_time, posted=False,
                                reason=f"database unavailable: {unavailable}")
         if not claimed:
-            if retry_later:
+            if retry_later or not take_over:
                 self._retry_after_lease(schedule_id, fire_time)
             return FireOutcome(schedule_id, fire_time, posted=False,
                                reason="claimed by another replica (or already posted)")
@@ -487,7 +501,7 @@ class ScheduleRunner:
                 log.warning("scheduled post %s at %s not made: the database is unavailable "
                             "(%s); it is tried again once its claim's lease has passed",
                             schedule.label, fire_time, unavailable)
-            if retry_later:
+            if retry_later or unavailable is not None:
                 self._retry_after_lease(schedule_id, fire_time)
             return FireOutcome(schedule_id, fire_time, posted=False,
                                reason=f"failed: {type(error).__name__}")
@@ -495,21 +509,37 @@ class ScheduleRunner:
     def _post_summary(self, schedule: Schedule, fire_time: datetime) -> FireOutcome:
         """Check, summarise and post. The fire is completed right after the channel message
         (the only step whose repetition would show), before the results are stored and the
-        thread is posted; nothing is stored for a post that did not go out."""
+        thread is posted; nothing is stored for a post that did not go out. When the database
+        is unavailable for reading the previous results, the post is made without the
+        comparison (and says so); then the results of unreachable servers are not stored
+        (what they carry forward is unknown), so the next post compares them with older ones."""
         report = self._run_check(self._servers_of(schedule))
         checked_at = self._clock()
         previous: dict[str, str | None] = {}
-        for analysis in report.servers:
-            stored = self._repository.previous_check_result(
-                analysis.name, before=fire_time, source=schedule.source)
-            previous[analysis.name] = stored.findings_json if stored is not None else None
-        summary = summarise(report, previous, checked_at, mention=schedule.settings.mention)
+        previous_unavailable = False
+        try:
+            for analysis in report.servers:
+                stored = self._repository.previous_check_result(
+                    analysis.name, before=fire_time, source=schedule.source)
+                previous[analysis.name] = stored.findings_json if stored is not None else None
+        except Exception as error:
+            unavailable = unavailable_reason(error)
+            if unavailable is None:
+                raise
+            log.warning("scheduled post %s at %s is made without the comparison with the "
+                        "previous check: the database is unavailable (%s)", schedule.label,
+                        fire_time, unavailable)
+            previous, previous_unavailable = {}, True
+        summary = summarise(report, previous, checked_at, mention=schedule.settings.mention,
+                            previous_unavailable=previous_unavailable)
         channel_message, *thread = render_health_summary(summary,
                                                          schedule_label=schedule.label)
         ts = self._post(schedule.settings.channel, channel_message, None)
         self._complete(schedule.id, fire_time)
         try:
             for analysis in report.servers:
+                if previous_unavailable and not analysis.reachable:
+                    continue
                 # Filed under the fire time, not the (possibly late) moment of the check, so
                 # the next fire's "before fire_time" lookup finds it.
                 self._repository.record_check_result(
@@ -567,13 +597,15 @@ class ScheduleRunner:
         self._complete(schedule_id, fire_time, again=True)
 
     def _claim_again(self, schedule_id: str, fire_time: datetime) -> FireOutcome | None:
-        """A claim that failed while the database was unavailable, tried again while
-        ``fire_time`` is still the schedule's latest due time (a later one coalesces it)."""
+        """A claim (or takeover) that failed while the database was unavailable, tried again
+        while ``fire_time`` is still the schedule's latest due time (a later one coalesces it).
+        An existing claim is not taken over now but after one more lease: its replica may have
+        posted during the outage and be about to complete it."""
         if self.due_fire_time(schedule_id) != fire_time:
             log.info("scheduled post %s at %s not claimed again: a later fire time replaces "
                      "it", self._schedules[schedule_id].label, fire_time)
             return None
-        return self.fire(schedule_id, fire_time)
+        return self._fire(schedule_id, fire_time, retry_later=True, take_over=False)
 
     def _retry_when_available(self, work: Callable[[str, datetime], object], schedule_id: str,
                               fire_time: datetime, *, job: str) -> bool:

@@ -10,7 +10,9 @@ for ``status`` in a :class:`ResultStore`: in memory for one process, or
 results (scheduled posts' included). ``status`` also lists the scheduled posts and their next run.
 Every failure ends as a readable message to the person who asked: never silence. While the
 database is unavailable, work that needs it is not done and the requester is told so
-(:func:`bot.replies.database_unavailable_notice`); a check still posts its report.
+(:func:`bot.replies.database_unavailable_notice`); a check still posts its report. Work that
+had recorded something before the database went away is not called undone
+(:func:`bot.replies.database_lost_after_recording_notice`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from bot.replies import (
     BackgroundCommand,
     busy_notice,
     check_not_stored_notice,
+    database_lost_after_recording_notice,
     database_unavailable_notice,
     failure_notice,
     not_posted_notice,
@@ -59,7 +62,7 @@ from bot.replies import (
     with_requester,
 )
 from bot.schedule import NextRun
-from bot.storage.outage import outcome_unknown, unavailable_reason
+from bot.storage.outage import commits_in_this_thread, outcome_unknown, unavailable_reason
 from bot.storage.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -514,6 +517,7 @@ class BotService:
         return False
 
     def _job(self, what: str, origin: Origin, work: Callable[[], object]) -> None:
+        commits_before = commits_in_this_thread()
         try:
             with self._changed:
                 closing = self._closing
@@ -527,6 +531,11 @@ class BotService:
             if unavailable is None:
                 log.exception("%s for %s failed", what, origin.user_id)
                 self.notify(origin, failure_notice(what, _readable(error)))
+                return
+            if commits_in_this_thread() != commits_before:
+                log.warning("%s for %s recorded, then the database became unavailable (%s) "
+                            "before it was finished", what, origin.user_id, unavailable)
+                self.notify(origin, database_lost_after_recording_notice(what))
                 return
             unknown = outcome_unknown(error)
             # Not in the audit trail: the trail is in the database that is unavailable.

@@ -79,7 +79,7 @@ from bot.remediation.workflow import (
     tls_name_text,
     unbind_targets,
 )
-from bot.storage.outage import unavailable_reason
+from bot.storage.outage import outcome_unknown, unavailable_reason
 from bot.storage.repository import Applied, Refusal, Repository
 
 log = logging.getLogger(__name__)
@@ -379,7 +379,8 @@ class RemediationExecutor:
                 if reason is not None:
                     log.warning("remediation %s stopped: the database became unavailable (%s)",
                                 request_id, reason)
-                    return execution.stop_without_database()
+                    return execution.stop_without_database(
+                        outcome_unknown=outcome_unknown(error))
                 log.exception("remediation %s stopped by an unexpected error", request_id)
                 return execution.fail_unexpectedly(error)
 
@@ -394,6 +395,8 @@ class _Run:
         self.steps: list[StepOutcome] = []
         self.verification: Observation | None = None
         self.differences: tuple[str, ...] = ()
+        self.concluding = False
+        """The end of the run is being recorded."""
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -461,18 +464,34 @@ class _Run:
         return self.x.repository.heartbeat(self.request.id, owner=self.x.owner,
                                            now=self.x.clock())
 
-    def stop_without_database(self) -> ExecutionResult:
+    def stop_without_database(self, *, outcome_unknown: bool = False) -> ExecutionResult:
         """The database went away mid-run: nothing more runs, as nothing more could be audited.
 
         The request stays *running* in the database; recovery (the next start, or a replica's
         look for runs whose heartbeat stopped) marks it interrupted and reads the server again.
+        With ``outcome_unknown`` the connection was lost while a commit was on its way: when
+        that was the end of the run, the database may hold it (the card then shows it once
+        the database is back). The update's ``details`` carry ``outcome_unknown``.
         """
-        text = ("the bot's database became unavailable during the run: it stopped before its "
-                "next step and nothing more runs. Once the database is back the request is "
-                "marked interrupted and the server is read again")
+        if outcome_unknown and self.concluding:
+            text = ("the bot's database went away while the end of the run was being saved: "
+                    "the end of the run may have been recorded, the bot cannot tell. Nothing "
+                    "more runs. Once the database is back the card shows how the run ended; "
+                    "if its end was not recorded, the request is marked interrupted and the "
+                    "server is read again")
+        elif outcome_unknown:
+            text = ("the bot's database went away while the run's progress was being saved, "
+                    "so the bot cannot tell whether that was recorded: it stopped before its "
+                    "next step and nothing more runs. Once the database is back the request "
+                    "is marked interrupted and the server is read again")
+        else:
+            text = ("the bot's database became unavailable during the run: it stopped before "
+                    "its next step and nothing more runs. Once the database is back the "
+                    "request is marked interrupted and the server is read again")
         report = self.report("lost", text, State.RUNNING)
         self.x.notify(ExecutionUpdate("lost", self.x.clock(), self.request.id, self.request,
-                                      report, message=text))
+                                      report, message=text,
+                                      details={"outcome_unknown": outcome_unknown}))
         return ExecutionResult(self.request.id, report, None)
 
     def fail_unexpectedly(self, error: Exception) -> ExecutionResult:
@@ -618,6 +637,7 @@ class _Run:
                    if self.verification else None}
         if self.request.kind == "rollback":
             self.audit_rollback()
+        self.concluding = True
         if stopped is not None:
             return self.abort(stopped, summary)
         succeeded, reason = final_verdict(self.request.kind, plan, self.steps,
@@ -795,5 +815,10 @@ def _notify_recovery(on_update: UpdateCallback, report: RecoveryReport, at: date
     try:
         on_update(ExecutionUpdate("interrupted", at, report.request_id, request, execution,
                                   verification=report.observation, message=report.reason))
-    except Exception:
-        log.exception("on_update failed for the interrupted %s", report.request_id)
+    except Exception as error:
+        unavailable = unavailable_reason(error)
+        if unavailable is None:
+            log.exception("on_update failed for the interrupted %s", report.request_id)
+        else:
+            log.warning("on_update for the interrupted %s incomplete: the database is "
+                        "unavailable (%s)", report.request_id, unavailable)

@@ -1,8 +1,9 @@
 """Slack messages of a scheduled health post. Pure: no I/O, no clock.
 
 The channel message is the fleet at a glance: the verdict of each server, certificates expiring
-soon, findings new and resolved since the previous post, and a mention of the configured group
-when something is critical. The thread holds the details: the full lists when the channel
+soon, findings new and resolved since the previous post (or a line saying the comparison is
+missing, when the bot's database was unavailable), and a mention of the configured group when
+something is critical. The thread holds the details: the full lists when the channel
 message had to shorten them, then every server's details as in an on-demand check.
 """
 
@@ -129,7 +130,14 @@ def _counts(summary: HealthSummary) -> str:
                                                            if parts else "")
 
 
+NO_COMPARISON: Final = ("No comparison with the previous check: the bot's database was "
+                        "unavailable, so what is new and what was resolved is not known.")
+"""The line of a post made while the previous results could not be read."""
+
+
 def _changes_text(summary: HealthSummary) -> str:
+    if summary.previous_unavailable:
+        return "no comparison with the previous check (the bot's database was unavailable)"
     if not summary.compared_any:
         return "first scheduled check"
     return f"{len(summary.new)} new, {len(summary.resolved)} resolved since the last post"
@@ -144,6 +152,8 @@ def _critical_servers(summary: HealthSummary) -> str:
 
 def _changes_blocks(summary: HealthSummary, new: _Listing,
                     resolved: _Listing) -> list[Block]:
+    if summary.previous_unavailable:
+        return [section(f":warning: {NO_COMPARISON}")]
     if not summary.compared_any:
         return [section(":new: *First scheduled check* for these servers: nothing to compare "
                         "with yet. The next post lists what is new and what was resolved.")]

@@ -28,6 +28,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
 
+from bot.analysis.model import RemediationPlan
 from bot.app import BotRuntime, SlackSecrets, build_runtime, run_bot
 from bot.audit import AuditEvent
 from bot.config import (
@@ -156,16 +157,21 @@ class Bot:
 
     def press(self, card: StoredMessage, action_id: str, user: str = APPROVER) -> list[str]:
         """Click a button the card shows now; what the clicker was told privately."""
-        told = len(self.slack.responses())
         current = self.current(card)
         (value,) = [b.value for b in buttons_of(current.blocks) if b.action_id == action_id]
         assert value is not None
+        return self.click(current, action_id, value, user)
+
+    def click(self, message: StoredMessage, action_id: str, value: str,
+              user: str = APPROVER) -> list[str]:
+        """A signed click on ``message`` (whatever buttons it shows); what ``user`` is told."""
+        told = len(self.slack.responses())
         status, _ = post(self.server.events_url, block_actions(
             signing_secret=DEFAULT_SIGNING_SECRET, action_id=action_id, value=value,
-            user_id=user, channel_id=CHANNEL, message_ts=current.ts,
-            message=current.to_slack(),
+            user_id=user, channel_id=CHANNEL, message_ts=message.ts,
+            message=message.to_slack(),
             response_url=self.slack.response_url(channel_id=CHANNEL, user_id=user,
-                                                  message_ts=current.ts)))
+                                                  message_ts=message.ts)))
         assert status == 200
         self.idle()
         return self.private()[told:]
@@ -594,3 +600,167 @@ def test_outages_are_told_from_other_errors() -> None:
     assert unavailable_reason(unknown) == "lost while committing"
     assert unavailable_reason(IntegrityError("INSERT", {}, Exception("duplicate"))) is None
     assert unavailable_reason(ValueError("no")) is None
+
+
+# --------------------------------------------------------------------------- recorded, then lost
+
+RECORDED = ("was recorded, but the bot's database became unavailable before the bot had "
+            "finished: request cards may show the earlier state until the database is back, "
+            "and what follows (such as the run of an approved request) goes on by itself then.")
+
+
+def lose_the_database_after(bot: Bot, monkeypatch: pytest.MonkeyPatch, target: object,
+                            name: str) -> None:
+    """``target.name`` cuts the database once it has returned (what it did is committed)."""
+    original = getattr(target, name)
+
+    def then_cut(*args: object, **kwargs: object) -> object:
+        result = original(*args, **kwargs)
+        bot.outage.cut()
+        return result
+
+    monkeypatch.setattr(target, name, then_cut)
+
+
+def after_the_lease(bot: Bot) -> None:
+    """The bot's clock moves past the execution lease (a replica's recovery look is due)."""
+    clock = bot.remediation.clock
+    assert isinstance(clock, TickingClock)
+    clock.advance(bot.remediation.execution_lease + timedelta(minutes=1))
+
+
+@ON_POSTGRESQL
+def test_an_approval_recorded_before_the_database_went_away_is_not_called_undone_and_runs_later(
+        bot: Bot, monkeypatch: pytest.MonkeyPatch) -> None:
+    card = check_card(bot)
+    request_id = request_id_of(card)
+    lose_the_database_after(bot, monkeypatch, bot.remediation.repository, "approve")
+    told = bot.press(card, APPROVE_ACTION)
+    assert told == [f"Error: Your approve of {request_id} {RECORDED}"]
+    assert_readable(told)
+    assert bot.calls("Set-SendConnector") == 0
+    assert bot.buttons(card) == ["Approve", "Deny"], "the card missed the approval"
+    assert bot.remediation.cards_behind == {request_id}
+
+    monkeypatch.undo()
+    bot.outage.restore()
+    assert bot.state(card) is State.APPROVED
+    bot.remediation.recover_abandoned()
+    bot.idle()
+    assert bot.remediation.cards_behind == frozenset()
+    assert bot.current(card).text.startswith(f"Remediation request {request_id} on EX01: "
+                                             "approved")
+    assert bot.calls("Set-SendConnector") == 0, "not yet: its replica may still start it"
+    after_the_lease(bot)
+    bot.remediation.recover_abandoned()
+    bot.idle()
+    assert bot.state(card) is State.SUCCEEDED
+    assert bot.calls("Set-SendConnector") == 1
+    assert bot.current(card).text.startswith(f"Remediation request {request_id} on EX01: "
+                                             "succeeded")
+    assert bot.remediation.audit.verify().ok
+
+
+@ON_POSTGRESQL
+def test_a_run_that_finished_before_the_database_went_away_is_not_called_undone(
+        bot: Bot, monkeypatch: pytest.MonkeyPatch) -> None:
+    card = check_card(bot)
+    lose_the_database_after(bot, monkeypatch, bot.remediation.executor, "run")
+    assert bot.press(card, APPROVE_ACTION) == [], "the thread tells how the run ended"
+    assert bot.calls("Set-SendConnector") == 1
+    assert "request *succeeded*" in bot.lines(card)[-1]
+    bot.outage.restore()
+    assert bot.state(card) is State.SUCCEEDED
+
+
+@ON_POSTGRESQL
+def test_a_freeze_recorded_before_the_database_went_away_is_said_and_cards_catch_up(
+        bot: Bot, monkeypatch: pytest.MonkeyPatch) -> None:
+    card = check_card(bot)
+    unfrozen = bot.current(card).blocks
+    lose_the_database_after(bot, monkeypatch, bot.remediation.repository, "set_freeze")
+    assert bot.command("freeze") == [f"Error: Your freeze {RECORDED}"]
+    assert "*froze remediation*" in bot.channel()[-1]
+    assert bot.current(card).blocks == unfrozen, "the card missed the freeze"
+
+    monkeypatch.undo()
+    bot.outage.restore()
+    assert bot.remediation.repository.get_freeze().frozen
+    bot.remediation.recover_abandoned()
+    assert bot.current(card).blocks != unfrozen
+    assert "frozen" in json.dumps(bot.current(card).blocks).casefold()
+    assert bot.remediation.cards_behind == frozenset()
+
+
+@ON_POSTGRESQL
+def test_a_run_whose_final_commit_is_lost_says_its_end_may_be_recorded_and_catches_up(
+        bot: Bot, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from bot.remediation import executor
+
+    card = check_card(bot)
+    request_id = request_id_of(card)
+    proxy = bot.outage
+    assert isinstance(proxy, CuttableProxy)
+    conclude = executor._Run.conclude
+
+    def lose_the_answer_to_the_end(run: executor._Run, plan: RemediationPlan,
+                                   stopped: str | None) -> executor.ExecutionResult:
+        proxy.cut_after_reply_to(b"COMMIT")
+        return conclude(run, plan, stopped)
+
+    monkeypatch.setattr(executor._Run, "conclude", lose_the_answer_to_the_end)
+    with caplog.at_level(logging.WARNING):
+        assert bot.press(card, APPROVE_ACTION) == []
+    assert proxy.triggered.is_set()
+    last = bot.lines(card)[-1]
+    assert "the end of the run may have been recorded" in last
+    assert "stopped before its next step" not in last
+    assert bot.current(card).text.startswith(f"Remediation request {request_id} on EX01: "
+                                             "running")
+    assert not [r for r in caplog.records if r.exc_info], "outages are one-line warnings"
+
+    monkeypatch.undo()
+    proxy.restore()
+    assert bot.state(card) is State.SUCCEEDED, "the database had committed it"
+    bot.remediation.recover_abandoned()
+    assert bot.current(card).text.startswith(f"Remediation request {request_id} on EX01: "
+                                             "succeeded")
+    assert "the database is back: the end of the run was recorded" in bot.lines(card)[-1]
+    assert bot.remediation.cards_behind == frozenset()
+    lines = len(bot.lines(card))
+    bot.remediation.recover_abandoned()
+    assert len(bot.lines(card)) == lines, "said once"
+
+
+@ON_POSTGRESQL
+def test_a_card_whose_message_cannot_be_stored_is_withdrawn_and_its_buttons_refused(
+        bot: Bot) -> None:
+    proxy = bot.outage
+    assert isinstance(proxy, CuttableProxy)
+    proxy.cut_before(b"UPDATE requests SET channel")
+    told = bot.command("check EX01")
+    assert proxy.triggered.is_set()
+    assert bot.cards() == [], "no card with buttons is left in the channel"
+    (withdrawn,) = [m for m in bot.slack.messages(CHANNEL) if "could not be recorded" in m.text]
+    assert buttons_of(withdrawn.blocks) == []
+    request_id = withdrawn.text.split("request ", 1)[1].split()[0]
+    notice = (f"Error: The remediation request {request_id} for EX01 could not be recorded: "
+              "the bot's database became unavailable, so it cannot be approved. "
+              "Run the check again.")
+    assert withdrawn.text == notice
+    assert told == [notice]
+
+    proxy.restore()
+    request = bot.remediation.repository.get_request(request_id)
+    assert request is not None
+    assert request.message_ts is None
+    (refused,) = bot.click(withdrawn, APPROVE_ACTION, request_id)
+    assert refused.startswith(f"Error: Refused: the card of {request_id} is not recorded")
+    assert bot.calls("Set-SendConnector") == 0
+    stored = bot.remediation.repository.get_request(request_id)
+    assert stored is not None
+    assert (stored.state, stored.approvals) == (State.PENDING, ())
+    last = bot.events()[-1]
+    assert (last.event_type, last.request_id) == ("refused_click", request_id)
+    assert last.details_object["code"] == "card_not_recorded"
+    assert bot.remediation.audit.verify().ok
