@@ -151,6 +151,11 @@ class _Reader:
             raise self.error(name, f"should be text, got {_describe(value)}")
         return text
 
+    def optional_text(self, name: str) -> str | None:
+        """``text``, with blank text read as ``None``."""
+        text = self.text(name)
+        return text if text is not None and text.strip() else None
+
     def required_text(self, name: str) -> str:
         value = self.raw(name)
         if value is _MISSING or value is None:
@@ -654,10 +659,10 @@ def parse_send_connector(obj: RemoteObject) -> SendConnector:
         cloud_services_mail_enabled=reader.boolean("CloudServicesMailEnabled", default=False),
         smart_hosts=smart_hosts,
         address_spaces=reader.texts("AddressSpaces"),
-        fqdn=_blank_to_none(reader.text("Fqdn")),
+        fqdn=reader.optional_text("Fqdn"),
         require_tls=reader.boolean("RequireTLS", default=False),
-        tls_auth_level=_blank_to_none(reader.text("TlsAuthLevel")),
-        tls_domain=_blank_to_none(reader.text("TlsDomain")),
+        tls_auth_level=reader.optional_text("TlsAuthLevel"),
+        tls_domain=reader.optional_text("TlsDomain"),
         tls_certificate_name=reader.tls_certificate_name("TlsCertificateName"),
         source_transport_servers=reader.texts("SourceTransportServers"),
     )
@@ -668,8 +673,8 @@ def parse_receive_connector(obj: RemoteObject) -> ReceiveConnector:
     reader = _Reader(obj, "receive connector")
     return ReceiveConnector(
         name=reader.required_text("Name"),
-        server=_blank_to_none(reader.text("Server")),
-        fqdn=_blank_to_none(reader.text("Fqdn")),
+        server=reader.optional_text("Server"),
+        fqdn=reader.optional_text("Fqdn"),
         enabled=reader.boolean("Enabled"),
         bindings=reader.texts("Bindings"),
         tls_certificate_name=reader.tls_certificate_name("TlsCertificateName"),
@@ -681,7 +686,7 @@ def parse_hybrid_configuration(obj: RemoteObject) -> HybridConfiguration:
     reader = _Reader(obj, "hybrid configuration")
     return HybridConfiguration(
         tls_certificate_name=reader.tls_certificate_name("TlsCertificateName"),
-        on_premises_smart_host=_blank_to_none(reader.text("OnPremisesSmartHost")),
+        on_premises_smart_host=reader.optional_text("OnPremisesSmartHost"),
         domains=reader.texts("Domains"),
         sending_transport_servers=reader.texts("SendingTransportServers"),
     )
@@ -692,11 +697,11 @@ def parse_queue(obj: RemoteObject) -> Queue:
     reader = _Reader(obj, "queue")
     return Queue(
         identity=reader.required_text("Identity"),
-        delivery_type=_blank_to_none(reader.text("DeliveryType")),
-        next_hop_domain=_blank_to_none(reader.text("NextHopDomain")),
-        status=_blank_to_none(reader.text("Status")),
+        delivery_type=reader.optional_text("DeliveryType"),
+        next_hop_domain=reader.optional_text("NextHopDomain"),
+        status=reader.optional_text("Status"),
         message_count=reader.integer("MessageCount"),
-        last_error=_blank_to_none(reader.text("LastError")),
+        last_error=reader.optional_text("LastError"),
     )
 
 
@@ -705,14 +710,10 @@ def parse_exchange_server(obj: RemoteObject) -> ExchangeServer:
     reader = _Reader(obj, "Exchange server")
     return ExchangeServer(
         name=reader.required_text("Name"),
-        fqdn=_blank_to_none(reader.text("Fqdn")),
-        version=_blank_to_none(reader.text("AdminDisplayVersion")),
-        roles=_blank_to_none(reader.text("ServerRole")),
+        fqdn=reader.optional_text("Fqdn"),
+        version=reader.optional_text("AdminDisplayVersion"),
+        roles=reader.optional_text("ServerRole"),
     )
-
-
-def _blank_to_none(text: str | None) -> str | None:
-    return text if text is not None and text.strip() else None
 
 
 # ---------------------------------------------------------------------------------------------
