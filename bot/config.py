@@ -56,12 +56,15 @@ def database_url_has_secret(url: str) -> bool:
     if _URL_USER_PASSWORD.match(url):
         return True
     query = urlsplit(url).query if "?" in url else ""
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key.strip().lower() in SECRET_URL_PARAMETERS:
-            return True
-        if re.search(r"\b(?:ssl)?password\s*=", value, flags=re.IGNORECASE):
-            return True
-    return False
+    return any(is_secret_url_parameter(key, value)
+               for key, value in parse_qsl(query, keep_blank_values=True))
+
+
+def is_secret_url_parameter(key: str, value: str) -> bool:
+    """A URL query parameter that holds a secret: ``password``/``sslpassword``, or a
+    ``dbname``-style conninfo that sets one."""
+    return key.strip().lower() in SECRET_URL_PARAMETERS or bool(
+        re.search(r"\b(?:ssl)?password\s*=", value, flags=re.IGNORECASE))
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+(?:\[\d+\])?$")
 
 
