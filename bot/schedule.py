@@ -466,8 +466,7 @@ class ScheduleRunner:
 
     def _fire(self, schedule_id: str, fire_time: datetime, *, retry_later: bool,
               take_over: bool) -> FireOutcome:
-        """:meth:`fire`; without ``take_over`` an expired claim is not taken over now (a lost
-        claim is then tried again after the lease, even without ``retry_later``)."""
+        """:meth:`fire`; without ``take_over`` an expired claim is not taken over now."""
         schedule = self._schedules[schedule_id]
         fire_time = fire_time.astimezone(UTC)
         try:
@@ -487,7 +486,7 @@ class ScheduleRunner:
             return FireOutcome(schedule_id, fire_time, posted=False,
                                reason=f"database unavailable: {unavailable}")
         if not claimed:
-            if retry_later or not take_over:
+            if retry_later:
                 self._retry_after_lease(schedule_id, fire_time)
             return FireOutcome(schedule_id, fire_time, posted=False,
                                reason="claimed by another replica (or already posted)")
